@@ -1,0 +1,58 @@
+# Metrics System — `make run` runs the system on embedded defaults; `make test` runs the suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION := 3.11
+UV_BIN := $(CURDIR)/.uv-bin
+UV := $(shell command -v uv 2>/dev/null || echo $(UV_BIN)/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_PREFERENCE := system
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: help setup run demo test lint typecheck format requirements bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "uv not found: installing it into $(UV_BIN)"
+	@mkdir -p $(UV_BIN)
+	@python3 -m pip install --quiet --target $(UV_BIN)/pkg uv && ln -sf $(UV_BIN)/pkg/bin/uv $(UV)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON_VERSION)
+	@touch $@
+
+setup: $(VENV)/.synced ## Create the virtual environment from the lock file
+
+run: setup ## Run the system on embedded defaults (demo data, compaction, queries)
+	$(PY) -m metrics demo
+
+test: setup ## Lint, type-check and run the test suite with coverage
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+lint: setup ## ruff and mypy only
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup ## Format the code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+requirements: setup ## Export requirements.txt and requirements-dev.txt from the lock
+	$(UV) export --frozen --no-dev --no-hashes --no-emit-project -o requirements.txt >/dev/null
+	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project -o requirements-dev.txt >/dev/null
+
+bench: setup ## Run the ingest and query benchmarks (10 M samples each)
+	$(PY) -m metrics bench ingest --json
+	$(PY) -m metrics bench query --json
+
+clean: ## Remove the environment and caches (keeps data/)
+	rm -rf $(VENV) $(UV_BIN) .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -1,0 +1,283 @@
+"""Benchmarks: bulk ingest (samples/s, bytes/sample) and standard query latency.
+
+``bench_ingest`` generates a realistic mix — monotone counters (with rare
+resets), gauges with two decimals, constant series and noisy full-precision
+floats, over many hosts and keys at a 10-second interval, delivered
+time-major as collectors deliver them — and stores it through the public
+columnar path (``MetricStore.ingest_frame``, the one ``metrics ingest`` uses)
+into durable Parquet, then compacts it and measures bytes per stored sample.
+
+``bench_query`` loads a TSBS cpu-only style data set (hosts x 10 cpu metrics,
+10 s apart, ending now), compacts it, and times five standard queries through
+the engine and, side by side, as plain DuckDB SQL over one sorted Parquet file
+of the same samples.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+from rich.console import Console
+
+from metrics.settings import Settings
+from storage.query import connect
+from storage.store import MetricStore
+
+INTERVAL_S = 10
+# Share of series per kind in the ingest mix: counters, 2-decimal gauges, constants, noisy floats.
+MIX = {"counter": 0.40, "gauge2": 0.35, "constant": 0.15, "noisy": 0.10}
+_COUNTERS = ["crypto.key.encryption_ops", "crypto.key.decryption_ops", "crypto.key.sign_ops",
+             "system.network.bytes_sent", "system.network.bytes_recv", "http.requests_total"]
+_GAUGES = ["system.cpu.usage_total", "system.memory.usage_percent", "system.disk.usage_percent",
+           "crypto.key.days_since_rotation", "system.load.1m"]
+_CONSTANTS = ["crypto.key.rotation_policy_days", "system.cpu.cores", "crypto.key.enabled"]
+_NOISY = ["http.request.latency_seconds", "crypto.kms.call_latency_seconds"]
+CPU_METRICS = ["usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowait",
+               "usage_irq", "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice"]
+
+
+def ingest_mix(samples: int, *, seed: int = 7, end: datetime | None = None) -> pl.DataFrame:
+    """The ingest benchmark's frame: ``samples`` rows of the realistic mix, time-major."""
+    rng = np.random.default_rng(seed)
+    points = 2_000
+    n_series = max(1, samples // points)
+    points = samples // n_series
+    kinds = rng.choice(list(MIX), size=n_series, p=list(MIX.values()))
+    values = np.empty((points, n_series))
+    metric_names: list[str] = []
+    for j, kind in enumerate(kinds):
+        if kind == "counter":
+            steps = rng.poisson(rng.uniform(1, 400), points).astype(float)
+            series = np.cumsum(steps)
+            if rng.random() < 0.1:  # a process restart resets the counter
+                cut = rng.integers(1, points)
+                series[cut:] -= series[cut - 1]
+            values[:, j] = series
+            metric_names.append(_COUNTERS[j % len(_COUNTERS)])
+        elif kind == "gauge2":
+            walk = 50 + np.cumsum(rng.normal(0, 0.4, points))
+            values[:, j] = np.round(np.clip(walk, 0, 100), 2)
+            metric_names.append(_GAUGES[j % len(_GAUGES)])
+        elif kind == "constant":
+            values[:, j] = float(rng.integers(1, 400))
+            metric_names.append(_CONSTANTS[j % len(_CONSTANTS)])
+        else:
+            values[:, j] = rng.lognormal(-2.0, 0.5, points)
+            metric_names.append(_NOISY[j % len(_NOISY)])
+    end_us = int((end or datetime.now(UTC)).timestamp()) // INTERVAL_S * INTERVAL_S * 1_000_000
+    ts = end_us - (points - 1 - np.arange(points, dtype=np.int64)) * INTERVAL_S * 1_000_000
+    hosts = [f"host-{j % 250:03d}" for j in range(n_series)]
+    keys = [f"key-{(j * 7) % 500:04d}" for j in range(n_series)]
+    regions = [("eu-west-1", "us-east-1", "ap-south-1")[j % 3] for j in range(n_series)]
+    types = ["counter" if k == "counter" else "gauge" for k in kinds]
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(np.repeat(ts, n_series)).cast(pl.Datetime("us", "UTC")),
+            "metric": pl.Series(np.tile(np.array(metric_names), points)).cast(pl.Categorical),
+            "value": values.ravel(),
+            "type": pl.Series(np.tile(np.array(types), points)).cast(pl.Categorical),
+            "host": pl.Series(np.tile(np.array(hosts), points)).cast(pl.Categorical),
+            "key_id": pl.Series(np.tile(np.array(keys), points)).cast(pl.Categorical),
+            "region": pl.Series(np.tile(np.array(regions), points)).cast(pl.Categorical),
+        }
+    )
+
+
+def cpu_only(samples: int, *, seed: int = 11, end: datetime | None = None, hosts: int = 100) -> pl.DataFrame:
+    """TSBS cpu-only style data: ``hosts`` x 10 cpu metrics, 10 s apart, ending at ``end``."""
+    rng = np.random.default_rng(seed)
+    n_series = hosts * len(CPU_METRICS)
+    points = max(1, samples // n_series)
+    walk = np.clip(50 + np.cumsum(rng.normal(0, 1.5, (points, n_series)), axis=0), 0, 100)
+    end_us = int((end or datetime.now(UTC)).timestamp()) // INTERVAL_S * INTERVAL_S * 1_000_000
+    ts = end_us - (points - 1 - np.arange(points, dtype=np.int64)) * INTERVAL_S * 1_000_000
+    metric = np.array([f"cpu.{m}" for _ in range(hosts) for m in CPU_METRICS])
+    host = np.array([f"host_{h}" for h in range(hosts) for _ in CPU_METRICS])
+    region = np.array([f"region_{h % 5}" for h in range(hosts) for _ in CPU_METRICS])
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(np.repeat(ts, n_series)).cast(pl.Datetime("us", "UTC")),
+            "metric": pl.Series(np.tile(metric, points)).cast(pl.Categorical),
+            "value": walk.ravel(),
+            "type": "gauge",
+            "hostname": pl.Series(np.tile(host, points)).cast(pl.Categorical),
+            "region": pl.Series(np.tile(region, points)).cast(pl.Categorical),
+        }
+    )
+
+
+@contextmanager
+def _workdir(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        yield data_dir
+        return
+    folder = Path(tempfile.mkdtemp(prefix="metrics-bench-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _lake_bytes(store: MetricStore, table: str) -> int:
+    return sum(f.path.stat().st_size for f in store.lake.files(table))
+
+
+def bench_ingest(samples: int = 10_000_000, *, data_dir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Measure bulk ingest into durable Parquet and bytes per sample after compaction."""
+    say = (console or Console(stderr=True)).log
+    say(f"generating {samples:,} samples of the realistic mix")
+    frame = ingest_mix(samples)
+    with _workdir(data_dir) as folder:
+        store = MetricStore(Settings(data_dir=folder, batch_size=100_000)).open(background_flush=False)
+        try:
+            say("ingesting")
+            started = time.perf_counter()
+            result = store.ingest_frame(frame)
+            store.flush()
+            seconds = time.perf_counter() - started
+            raw_bytes = _lake_bytes(store, "samples")
+            say("compacting")
+            started = time.perf_counter()
+            store.compact(validate=True)
+            compact_seconds = time.perf_counter() - started
+            stored_bytes = _lake_bytes(store, "samples")
+            rollup_bytes = _lake_bytes(store, "rollups_1m") + _lake_bytes(store, "rollups_1h")
+        finally:
+            store.close()
+    return {
+        "samples": result.stored,
+        "rejected": len(result.rejected),
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(result.stored / seconds),
+        "bytes_per_sample": round(stored_bytes / max(result.stored, 1), 3),
+        "bytes_per_sample_before_compaction": round(raw_bytes / max(result.stored, 1), 3),
+        "bytes_per_sample_with_rollups": round((stored_bytes + rollup_bytes) / max(result.stored, 1), 3),
+        "compact_seconds": round(compact_seconds, 3),
+        "mix": MIX,
+    }
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
+    fn()  # warm caches
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _summary(timings: list[float]) -> dict[str, float]:
+    ordered = sorted(timings)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {"p50_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2)}
+
+
+def bench_query(
+    samples: int = 10_000_000,
+    *,
+    repeats: int = 30,
+    data_dir: Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Time the standard queries on the engine and as plain DuckDB over one sorted Parquet file."""
+    say = (console or Console(stderr=True)).log
+    end = datetime.now(UTC).replace(microsecond=0)
+    say(f"generating {samples:,} cpu-only samples")
+    frame = cpu_only(samples, end=end)
+    rng = np.random.default_rng(3)
+    with _workdir(data_dir) as folder:
+        store = MetricStore(Settings(data_dir=folder, batch_size=1_000_000)).open(background_flush=False)
+        try:
+            say("ingesting and compacting")
+            result = store.ingest_frame(frame)
+            store.flush()
+            store.compact(validate=False)
+            plain = folder / "plain.parquet"
+            (
+                frame.with_columns(pl.col("metric").cast(pl.String), pl.col("hostname").cast(pl.String))
+                .select("metric", "hostname", "ts", "value")
+                .sort("metric", "hostname", "ts")
+                .write_parquet(plain, compression="zstd", row_group_size=128 * 1024)
+            )
+            first = frame.get_column("ts").min()
+            assert isinstance(first, datetime)
+            span = end - first
+            hosts = sorted(frame.get_column("hostname").cast(pl.String).unique().to_list())
+            con = connect()
+            src = f"read_parquet('{plain}')"
+
+            def window(hours: int) -> tuple[datetime, datetime]:
+                room = max(span - timedelta(hours=hours), timedelta(0)).total_seconds()
+                start = first + timedelta(seconds=float(rng.uniform(0, room)))
+                return start, start + timedelta(hours=hours)
+
+            def pick(n: int) -> list[str]:
+                return [str(h) for h in rng.choice(hosts, size=n, replace=False)]
+
+            queries: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+                "single_series_max_1m_1h": (
+                    lambda: store.query_aggregated("cpu.usage_user", "max", "1m", *window(1), None, {"hostname": pick(1)}),
+                    lambda: con.execute(
+                        f"SELECT time_bucket(INTERVAL 1 minute, ts) AS b, max(value) FROM {src} "
+                        "WHERE metric = 'cpu.usage_user' AND hostname = ? AND ts >= ? AND ts < ? GROUP BY b ORDER BY b",
+                        [pick(1)[0], *window(1)],
+                    ).fetchall(),
+                ),
+                "max_all_metrics_1h_8hosts_8h": (
+                    lambda: store.query_aggregated("cpu.*", "max", "1h", *window(8), None, {"hostname": pick(8)}),
+                    lambda: con.execute(
+                        f"SELECT metric, hostname, time_bucket(INTERVAL 1 hour, ts) AS b, max(value) FROM {src} "
+                        "WHERE hostname IN (SELECT unnest(?::VARCHAR[])) AND ts >= ? AND ts < ? GROUP BY ALL ORDER BY ALL",
+                        [pick(8), *window(8)],
+                    ).fetchall(),
+                ),
+                "avg_per_host_1h_12h": (
+                    lambda: store.query_aggregated("cpu.usage_user", "avg", "1h", *window(12), ["hostname"]),
+                    lambda: con.execute(
+                        f"SELECT hostname, time_bucket(INTERVAL 1 hour, ts) AS b, avg(value) FROM {src} "
+                        "WHERE metric = 'cpu.usage_user' AND ts >= ? AND ts < ? GROUP BY ALL ORDER BY ALL",
+                        list(window(12)),
+                    ).fetchall(),
+                ),
+                "latest_point_per_host": (
+                    lambda: store.latest("cpu.*"),
+                    lambda: con.execute(
+                        f"SELECT metric, hostname, max(ts), arg_max(value, ts) FROM {src} GROUP BY ALL"
+                    ).fetchall(),
+                ),
+                "usage_user_above_90_12h": (
+                    lambda: store.query_metrics("cpu.usage_user", *window(12), above=90.0),
+                    lambda: con.execute(
+                        f"SELECT * FROM {src} WHERE metric = 'cpu.usage_user' AND value > 90 AND ts >= ? AND ts < ?",
+                        list(window(12)),
+                    ).fetchall(),
+                ),
+            }
+            figures: dict[str, Any] = {}
+            for name, (ours, theirs) in queries.items():
+                say(f"timing {name}")
+                mine = _summary(_time(ours, repeats))
+                duck = _summary(_time(theirs, repeats))
+                figures[name] = {
+                    **mine,
+                    "plain_duckdb_p50_ms": duck["p50_ms"],
+                    "plain_duckdb_p95_ms": duck["p95_ms"],
+                    "ratio_p50": round(mine["p50_ms"] / duck["p50_ms"], 2) if duck["p50_ms"] else None,
+                }
+            con.close()
+        finally:
+            store.close()
+    return {"samples": result.stored, "repeats": repeats, "queries": figures}

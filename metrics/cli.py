@@ -1,0 +1,321 @@
+"""The ``metrics`` command line: a thin layer over :class:`storage.store.MetricStore`.
+
+Every command has help text with an example (``metrics COMMAND --help``).
+Domain errors print ``Error: …`` and exit with status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from metrics.errors import MetricsError, ValidationError
+from metrics.model import parse_duration, parse_timestamp
+from metrics.settings import Settings
+
+app = typer.Typer(
+    name="metrics",
+    help="Metrics System: collect, store, query and analyse metrics of cryptographic-key infrastructure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+bench_app = typer.Typer(help="Measure the system on this machine; `--json` prints one JSON object on the last line.")
+app.add_typer(bench_app, name="bench")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+class _State:
+    data_dir: Path | None = None
+
+
+state = _State()
+
+
+@app.callback()
+def _main(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data directory (default: METRICS_DATA_DIR or ./data).")
+    ] = None,
+) -> None:
+    """Metrics System command line."""
+    state.data_dir = data_dir
+
+
+def settings() -> Settings:
+    """Settings from the environment, with ``--data-dir`` applied."""
+    overrides: dict[str, Any] = {}
+    if state.data_dir is not None:
+        overrides["data_dir"] = state.data_dir
+    return Settings.from_env(None, **overrides)
+
+
+@contextmanager
+def open_store(*, read_only: bool = False) -> Iterator[Any]:
+    """Open the lake for one command and close it afterwards."""
+    from storage.store import MetricStore
+
+    store = MetricStore(settings(), read_only=read_only)
+    store.open(background_flush=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def parse_when(text: str | None, *, now: datetime) -> datetime | None:
+    """A point in time: a duration ago (``1h``) or an absolute ISO 8601 / epoch timestamp."""
+    if text is None:
+        return None
+    try:
+        return now - parse_duration(text)
+    except ValidationError:
+        return parse_timestamp(text)
+
+
+def parse_tags(items: list[str] | None) -> dict[str, list[str]] | None:
+    """``k=v`` options into a filter; repeating a key means any of the values."""
+    if not items:
+        return None
+    tags: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"--tag: {item!r} is not key=value")
+        tags.setdefault(key.strip(), []).append(value.strip())
+    return tags
+
+
+def emit(frame: pl.DataFrame, fmt: str) -> None:
+    """Print a frame as a table, CSV or JSON (one array of objects)."""
+    fmt = fmt.lower()
+    if fmt == "csv":
+        sys.stdout.write(frame.write_csv())
+    elif fmt == "json":
+        sys.stdout.write(json.dumps(frame.to_dicts(), default=_json_default) + "\n")
+    elif fmt == "table":
+        table = Table(show_lines=False, header_style="bold")
+        for name in frame.columns:
+            table.add_column(name, overflow="fold")
+        for row in frame.iter_rows():
+            table.add_row(*("" if v is None else str(v) for v in row))
+        out.print(table)
+        out.print(f"{frame.height} rows")
+    else:
+        raise ValidationError(f"--format: {fmt!r} is not one of table, csv, json")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="Output format: table, csv or json.")]
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="CSV, Parquet, NDJSON or JSON batch files (.gz allowed).")],
+    show_errors: Annotated[int, typer.Option(help="How many rejected rows to list per file.")] = 20,
+) -> None:
+    """Store samples from files; prints rows stored, rows rejected with reasons, samples/s.
+
+    Example: metrics ingest samples.csv batch.json events.ndjson.gz
+    """
+    from metrics.files import count_rows_hint
+
+    total_stored = 0
+    with open_store() as store, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    ) as progress:
+        for path in files:
+            task = progress.add_task(path.name, total=count_rows_hint(path))
+            result = store.ingest_file(path, progress=lambda n, t=task: progress.advance(t, n))
+            store.flush()
+            progress.update(task, completed=result.stored + len(result.rejected), total=result.stored + len(result.rejected))
+            total_stored += result.stored
+            rate = f"{result.samples_per_second:,.0f} samples/s" if result.seconds else ""
+            out.print(f"{path}: {result.stored} rows stored, {len(result.rejected)} rejected  {rate}")
+            for rejection in result.rejected[:show_errors]:
+                out.print(f"  row {rejection.index}: {rejection.reason}")
+            if len(result.rejected) > show_errors:
+                out.print(f"  … and {len(result.rejected) - show_errors} more")
+    out.print(f"{total_stored}")
+
+
+@app.command()
+def query(
+    pattern: Annotated[str, typer.Argument(help="Metric name glob, e.g. 'crypto.key.*'.")],
+    since: Annotated[str, typer.Option(help="Start: a duration ago (1h, 7d) or an ISO 8601 time.")] = "1h",
+    until: Annotated[str | None, typer.Option(help="End (default now): duration ago or ISO 8601 time.")] = None,
+    agg: Annotated[
+        str | None, typer.Option(help="Aggregation: avg, min, max, sum, count, last, rate, increase, p50, p95, p99.")
+    ] = None,
+    interval: Annotated[str, typer.Option(help="Bucket width for --agg, e.g. 1m, 5m, 1h.")] = "1m",
+    tag: Annotated[list[str] | None, typer.Option(help="Tag filter key=value (repeatable).")] = None,
+    group_by: Annotated[
+        list[str] | None, typer.Option(help="Group --agg results by these tags (repeatable); default per series.")
+    ] = None,
+    per_metric: Annotated[bool, typer.Option(help="Group --agg results per metric (all series together).")] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many raw rows.")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Query raw samples or bucketed aggregates.
+
+    Example: metrics query 'system.cpu.*' --since 6h --agg avg --interval 5m --tag host=web-1 --format csv
+    """
+    now = datetime.now(UTC)
+    start, end = parse_when(since, now=now), parse_when(until, now=now)
+    tags = parse_tags(tag)
+    with open_store(read_only=True) as store:
+        if agg is None:
+            frame = store.query_metrics(pattern, start, end, tags, limit=limit)
+        else:
+            groups = list(group_by) if group_by else ([] if per_metric else None)
+            frame = store.query_aggregated(pattern, agg, interval, start, end, groups, tags)
+    emit(frame, fmt)
+
+
+@app.command()
+def sql(
+    statement: Annotated[str, typer.Argument(help="DuckDB SQL over the views samples, series, rollups_1m, rollups_1h.")],
+    fmt: FormatOption = "table",
+) -> None:
+    """Run ad-hoc SQL over the lake.
+
+    Example: metrics sql "SELECT metric, count(*) FROM samples GROUP BY metric" --format csv
+    """
+    with open_store(read_only=True) as store:
+        emit(store.sql(statement), fmt)
+
+
+@app.command()
+def compact(
+    no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the data-quality suite.")] = False,
+    fmt: FormatOption = "table",
+) -> None:
+    """Merge each day's small files into one sorted file, validate it and rebuild its rollups.
+
+    Example: metrics compact
+    """
+    with open_store() as store:
+        days = store.lake.partitions("samples")
+        with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+            task = progress.add_task("compact", total=len(days))
+            results = store.compact(validate=not no_validate, progress=lambda _d: progress.advance(task))
+    frame = pl.DataFrame(
+        [{k: v for k, v in r.to_dict().items() if k != "validation"} for r in results],
+        schema={
+            "day": pl.String,
+            "files_before": pl.Int64,
+            "files_after": pl.Int64,
+            "rows": pl.Int64,
+            "bytes_before": pl.Int64,
+            "bytes_after": pl.Int64,
+            "quarantined": pl.Int64,
+            "skipped_files": pl.Int64,
+        },
+    )
+    emit(frame, fmt)
+
+
+@app.command()
+def cleanup(
+    older_than: Annotated[
+        str | None, typer.Option(help="Drop partitions older than this (default METRICS_RETENTION_DAYS), e.g. 90d.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+) -> None:
+    """Apply retention: drop (or, with METRICS_ARCHIVE=true, archive) old day partitions.
+
+    Example: metrics cleanup --older-than 90d --dry-run
+    """
+    age = parse_duration(older_than) if older_than else None
+    with open_store() as store:
+        result = store.cleanup(age, dry_run=dry_run)
+    verb = "would remove" if dry_run else ("archived" if result.archived else "removed")
+    out.print(f"cutoff {result.cutoff.isoformat()}: {verb} {len(result.partitions)} partitions, {result.bytes_freed} bytes")
+    for name in result.partitions:
+        out.print(f"  {name}")
+
+
+@app.command()
+def reindex() -> None:
+    """Rebuild every day's compacted file and its 1-minute and 1-hour rollups from the samples.
+
+    Example: metrics reindex
+    """
+    with open_store() as store:
+        results = store.reindex()
+    out.print(f"rebuilt {len(results)} days: {sum(r.rows for r in results)} samples")
+
+
+@bench_app.command("ingest")
+def bench_ingest_command(
+    samples: Annotated[int, typer.Option(help="Samples to generate and ingest.")] = 10_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+    keep: Annotated[Path | None, typer.Option(help="Keep the lake in this folder instead of a temporary one.")] = None,
+) -> None:
+    """Bulk ingest of a realistic metric mix into durable Parquet: samples/s and bytes per sample.
+
+    Example: metrics bench ingest --samples 10000000 --json
+    """
+    from metrics.bench import bench_ingest
+
+    figures = bench_ingest(samples, data_dir=keep, console=err)
+    _print_figures(figures, as_json)
+
+
+@bench_app.command("query")
+def bench_query_command(
+    samples: Annotated[int, typer.Option(help="Samples (100 hosts x 10 cpu metrics, 10 s apart).")] = 10_000_000,
+    repeats: Annotated[int, typer.Option(help="Timed runs per query.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+    keep: Annotated[Path | None, typer.Option(help="Keep the lake in this folder instead of a temporary one.")] = None,
+) -> None:
+    """Latency of the standard queries (TSBS cpu-only style), next to plain DuckDB on one sorted file.
+
+    Example: metrics bench query --samples 10000000 --json
+    """
+    from metrics.bench import bench_query
+
+    figures = bench_query(samples, repeats=repeats, data_dir=keep, console=err)
+    _print_figures(figures, as_json)
+
+
+def _print_figures(figures: dict[str, Any], as_json: bool) -> None:
+    if not as_json:
+        out.print_json(data=figures)
+    print(json.dumps(figures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``metrics`` command; returns the exit status."""
+    try:
+        app(args=argv, prog_name="metrics")  # standalone: usage errors exit with status 2
+    except MetricsError as exc:
+        err.print(f"Error: {exc}", markup=False, highlight=False)
+        return 1
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run() -> None:
+    """Console-script wrapper that exits with :func:`main`'s status."""
+    sys.exit(main())

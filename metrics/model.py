@@ -1,0 +1,624 @@
+"""The data model: a sample, its type, its series identity and how input is validated.
+
+A sample is ``ts`` (UTC, microseconds), ``metric`` (dotted name), ``value``
+(float64), ``type`` (counter, gauge, histogram, summary) and ``tags``
+(string -> string). A series is a metric plus its full tag set; its
+``series_id`` is a stable signed 64-bit BLAKE2b hash of the metric and the
+canonical (key-sorted, compact JSON) tags.
+
+Value policy: NaN and +/-inf are rejected for counters, gauges and histograms;
+a summary may carry NaN (Prometheus reports a quantile with no observations
+as NaN) but never an infinity.
+
+Time policy: a timestamp more than ``max_future_seconds`` (default 600) ahead
+of now, or older than the retention period, is rejected. Naive ``datetime``
+objects given to the Python API are local time and converted to UTC; naive
+timestamps in files and frames are taken as UTC.
+
+This module is the bottom layer: it imports nothing else of the system but
+``metrics.errors``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from metrics.errors import ValidationError
+
+METRIC_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:]*$")
+TAG_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.\-]*$")
+MAX_METRIC_LENGTH = 255
+MAX_TAGS = 32
+MAX_TAG_KEY_LENGTH = 64
+MAX_TAG_VALUE_LENGTH = 256
+
+TS_UNIT: Literal["us"] = "us"
+TS_DTYPE = pl.Datetime(TS_UNIT, "UTC")
+
+
+class MetricType(str, enum.Enum):
+    """The four Prometheus metric types."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+    SUMMARY = "summary"
+
+    @classmethod
+    def parse(cls, value: str | MetricType) -> MetricType:
+        """Return the type named by ``value`` (case-insensitive)."""
+        if isinstance(value, MetricType):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            allowed = ", ".join(t.value for t in cls)
+            raise ValidationError(f"type: unknown metric type {value!r}; allowed: {allowed}") from None
+
+
+METRIC_TYPES = tuple(t.value for t in MetricType)
+
+# The Arrow schema of a sample as stored in the lake (``samples`` table).
+SAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("series_id", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp(TS_UNIT, tz="UTC"), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("tags", pa.string(), nullable=False),
+    ]
+)
+SAMPLE_COLUMNS = tuple(SAMPLE_SCHEMA.names)
+POLARS_SAMPLE_SCHEMA: dict[str, pl.DataType] = {
+    "metric": pl.String(),
+    "series_id": pl.Int64(),
+    "ts": TS_DTYPE,
+    "value": pl.Float64(),
+    "type": pl.String(),
+    "tags": pl.String(),
+}
+SORT_KEY = ("metric", "series_id", "ts")
+
+
+def canonical_tags(tags: Mapping[str, str]) -> str:
+    """The canonical text of a tag set: compact JSON with sorted keys."""
+    return json.dumps(dict(sorted(tags.items())), separators=(",", ":"), ensure_ascii=False)
+
+
+def series_id(metric: str, tags: Mapping[str, str] | str) -> int:
+    """Stable signed 64-bit id of a series (metric plus full tag set)."""
+    text = tags if isinstance(tags, str) else canonical_tags(tags)
+    digest = hashlib.blake2b(f"{metric}\x1f{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def to_utc(moment: datetime) -> datetime:
+    """Convert a datetime to aware UTC; naive values are local time."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # interpret as local time
+    return moment.astimezone(UTC)
+
+
+def check_tags(tags: Mapping[str, Any]) -> str | None:
+    """Return why a tag set is invalid, or None when it is fine."""
+    if len(tags) > MAX_TAGS:
+        return f"tags: {len(tags)} tags, at most {MAX_TAGS} allowed"
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY_RE.match(key):
+            return f"tags: key {key!r} must match {TAG_KEY_RE.pattern}"
+        if len(key) > MAX_TAG_KEY_LENGTH:
+            return f"tags: key {key[:20]!r}... longer than {MAX_TAG_KEY_LENGTH} characters"
+        if not isinstance(value, str):
+            return f"tags: value of {key!r} must be a string, got {type(value).__name__}"
+        if len(value) > MAX_TAG_VALUE_LENGTH:
+            return f"tags: value of {key!r} longer than {MAX_TAG_VALUE_LENGTH} characters"
+    return None
+
+
+@dataclass
+class MetricDataPoint:
+    """One sample as the original spec's Python API and JSON batch shape it."""
+
+    metric_id: str
+    value: float
+    metric_type: MetricType = MetricType.GAUGE
+    timestamp: datetime | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metric_type = MetricType.parse(self.metric_type)
+        if self.timestamp is None:
+            self.timestamp = datetime.now(UTC)
+        elif isinstance(self.timestamp, datetime):
+            self.timestamp = to_utc(self.timestamp)
+        self.tags = dict(self.tags or {})
+
+    @classmethod
+    def from_dict(cls, item: Mapping[str, Any]) -> MetricDataPoint:
+        """Build a point from one element of the spec's ``{"metrics": [...]}`` batch."""
+        if not isinstance(item, Mapping):
+            raise ValidationError(f"expected an object, got {type(item).__name__}")
+        missing = [k for k in ("metric_id", "value") if k not in item]
+        if missing:
+            raise ValidationError(f"{missing[0]}: required field is missing")
+        value = item["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"value: expected a number, got {value!r}")
+        tags = item.get("tags") or {}
+        if not isinstance(tags, Mapping):
+            raise ValidationError(f"tags: expected an object of strings, got {type(tags).__name__}")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValidationError(f"value: {value!r} is too large for a 64-bit float") from None
+        return cls(
+            metric_id=str(item["metric_id"]),
+            value=number,
+            metric_type=MetricType.parse(item.get("metric_type") or item.get("type") or "gauge"),
+            timestamp=parse_timestamp(item["timestamp"]) if item.get("timestamp") is not None else None,
+            tags=dict(tags),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The point in the spec's JSON shape."""
+        assert self.timestamp is not None
+        return {
+            "metric_id": self.metric_id,
+            "value": self.value,
+            "metric_type": self.metric_type.value,
+            "timestamp": self.timestamp.isoformat(),
+            "tags": dict(self.tags),
+        }
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """Parse ISO 8601 text or epoch seconds/milliseconds/microseconds into aware UTC."""
+    if isinstance(value, datetime):
+        return to_utc(value)
+    if isinstance(value, bool):
+        raise ValidationError(f"timestamp: expected ISO 8601 text or epoch number, got {value!r}")
+    if isinstance(value, int | float):
+        return _from_epoch(float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:
+            return _from_epoch(number)
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError(f"timestamp: {value!r} is not ISO 8601 or an epoch number") from None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    raise ValidationError(f"timestamp: expected ISO 8601 text or epoch number, got {type(value).__name__}")
+
+
+def _from_epoch(number: float) -> datetime:
+    try:
+        return datetime.fromtimestamp(_epoch_to_seconds(number), UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValidationError(f"timestamp: epoch {number!r} is out of range") from None
+
+
+def _epoch_to_seconds(number: float) -> float:
+    """Epoch seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude."""
+    magnitude = abs(number)
+    if magnitude >= 1e17:
+        return number / 1e9
+    if magnitude >= 1e14:
+        return number / 1e6
+    if magnitude >= 1e11:
+        return number / 1e3
+    return number
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One input row that was not stored: its index in the input and why."""
+
+    index: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"index": self.index, "reason": self.reason}
+
+
+@dataclass
+class SampleBatch:
+    """A validated, normalised batch: the rows to store and the rows refused."""
+
+    frame: pl.DataFrame
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        """How many rows are valid."""
+        return self.frame.height
+
+
+def points_to_frame(points: Iterable[MetricDataPoint | Mapping[str, Any]]) -> tuple[pl.DataFrame, list[Rejection]]:
+    """Turn points (objects or spec dicts) into an un-validated sample frame plus shape errors."""
+    metrics: list[str] = []
+    values: list[float] = []
+    types: list[str] = []
+    stamps: list[datetime] = []
+    tags: list[str] = []
+    index: list[int] = []
+    rejected: list[Rejection] = []
+    for i, raw in enumerate(points):
+        try:
+            point = raw if isinstance(raw, MetricDataPoint) else MetricDataPoint.from_dict(raw)
+            problem = check_tags(point.tags)
+            if problem:
+                raise ValidationError(problem)
+            value = point.value
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValidationError(f"value: expected a number, got {value!r}")
+        except ValidationError as exc:
+            rejected.append(Rejection(i, str(exc)))
+            continue
+        assert point.timestamp is not None
+        metrics.append(point.metric_id)
+        values.append(float(value))
+        types.append(point.metric_type.value)
+        stamps.append(point.timestamp)
+        tags.append(canonical_tags(point.tags))
+        index.append(i)
+    frame = pl.DataFrame(
+        {
+            "metric": pl.Series(metrics, dtype=pl.String),
+            "ts": pl.Series(stamps, dtype=pl.Datetime(TS_UNIT, "UTC")),
+            "value": pl.Series(values, dtype=pl.Float64),
+            "type": pl.Series(types, dtype=pl.String),
+            f"{_TAG_PREFIX}tags": pl.Series(tags, dtype=pl.String),
+            "_row": pl.Series(index, dtype=pl.Int64),
+        }
+    )
+    return frame, rejected
+
+
+_TS_ALIASES = ("ts", "timestamp", "time")
+_METRIC_ALIASES = ("metric", "metric_id", "name")
+_TYPE_ALIASES = ("type", "metric_type")
+
+
+def _pick(columns: Sequence[str], aliases: Sequence[str], role: str, required: bool = True) -> str | None:
+    found = [c for c in aliases if c in columns]
+    if len(found) > 1:
+        raise ValidationError(f"{role}: ambiguous columns {found}; give only one")
+    if not found and required:
+        raise ValidationError(f"{role}: missing column (one of {', '.join(aliases)})")
+    return found[0] if found else None
+
+
+# ISO 8601 layouts parsed vectorised, most common first, and whether they carry
+# an offset; anything else falls back to metrics.model.parse_timestamp per
+# distinct text. A naive time is UTC.
+_ISO_LAYOUTS: tuple[tuple[str, bool], ...] = (
+    ("%Y-%m-%dT%H:%M:%S%.fZ", False),
+    ("%Y-%m-%dT%H:%M:%S%.f%z", True),
+    ("%Y-%m-%dT%H:%M:%S%.f", False),
+    ("%Y-%m-%d %H:%M:%S%.fZ", False),
+    ("%Y-%m-%d %H:%M:%S%.f%z", True),
+    ("%Y-%m-%d %H:%M:%S%.f", False),
+    ("%Y-%m-%d", False),
+)
+
+
+def _epoch(number: pl.Expr, *, integer: bool) -> pl.Expr:
+    """Epoch seconds/ms/us/ns (told apart by magnitude, as metrics.model does) as Datetime(us, UTC); out of range is null."""
+    magnitude = number.abs()
+    if integer:
+        micros = (
+            pl.when(magnitude >= 10**17)
+            .then(number // 1000)
+            .when(magnitude >= 10**14)
+            .then(number)
+            .when(magnitude >= 10**11)
+            .then(number * 1000)
+            .otherwise(number * 1_000_000)
+        )
+    else:
+        micros = (
+            pl.when(magnitude >= 1e17)
+            .then(number / 1e3)
+            .when(magnitude >= 1e14)
+            .then(number)
+            .when(magnitude >= 1e11)
+            .then(number * 1e3)
+            .otherwise(number * 1e6)
+            .round(0)
+        )
+    return micros.cast(pl.Int64, strict=False).cast(pl.Datetime(TS_UNIT)).dt.replace_time_zone("UTC")
+
+
+def parse_timestamp_column(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Turn a text or numeric timestamp column into Datetime(us, UTC); unparseable entries become null."""
+    dtype = frame.schema[column]
+    col = pl.col(column)
+    if dtype.is_integer():
+        return frame.with_columns(_epoch(col.cast(pl.Int64, strict=False), integer=True).alias(column))
+    if dtype.is_float() or dtype.is_decimal():
+        return frame.with_columns(_epoch(col.cast(pl.Float64), integer=False).alias(column))
+    if dtype not in (pl.String, pl.Categorical, pl.Null):
+        return frame  # datetimes and dates are metrics.model's business, as are wrong types
+    return frame.with_columns(_parse_text_series(frame.get_column(column).cast(pl.String)).alias(column))
+
+
+def _parse_text_series(texts: pl.Series) -> pl.Series:
+    """Parse epoch or ISO 8601 texts; each layout is tried only on the entries still unparsed."""
+    texts = texts.str.strip_chars()
+    numbers = texts.cast(pl.Float64, strict=False)
+    parsed = pl.select(_epoch(pl.lit(numbers), integer=False)).to_series()
+    todo = (texts.is_not_null() & numbers.is_null()).arg_true()
+    pending = texts.gather(todo)
+    for layout, aware in _ISO_LAYOUTS:
+        if pending.is_empty():
+            break
+        found = pending.str.to_datetime(layout, time_unit=TS_UNIT, strict=False)
+        found = found.dt.convert_time_zone("UTC") if aware else found.dt.replace_time_zone("UTC")
+        ok = found.is_not_null()
+        parsed = parsed.scatter(todo.filter(ok), found.filter(ok))
+        todo, pending = todo.filter(~ok), pending.filter(~ok)
+    if not pending.is_empty():  # rarer ISO 8601 forms: let Python parse each distinct text once
+        known = {text: _parse_text(text) for text in pending.unique().to_list()}
+        found = pending.replace_strict(
+            list(known), pl.Series(list(known.values()), dtype=TS_DTYPE), return_dtype=TS_DTYPE
+        )
+        ok = found.is_not_null()
+        parsed = parsed.scatter(todo.filter(ok), found.filter(ok))
+    return parsed
+
+
+def _parse_text(text: str) -> datetime | None:
+    """Python's reading of one timestamp text, or None when it is not one."""
+    try:
+        return parse_timestamp(text)
+    except (ValidationError, ValueError, OverflowError, OSError):
+        return None
+
+
+
+def normalise_frame(data: pl.DataFrame | pa.Table) -> pl.DataFrame:
+    """Bring a user frame to the sample columns (un-validated), keeping ``_row`` indices.
+
+    Accepted columns: ``ts``/``timestamp``, ``metric``/``metric_id``, ``value``,
+    optional ``type``/``metric_type`` (default gauge), optional ``tags`` (a
+    struct, a JSON object text or a list of key/value structs), and every
+    other column is a tag. Tag columns are kept as they are (prefixed
+    ``_tag:``); :func:`validate_frame` encodes them once per distinct series.
+    """
+    frame = data if isinstance(data, pl.DataFrame) else pl.from_arrow(data)
+    if not isinstance(frame, pl.DataFrame):
+        raise ValidationError("expected a table of samples")
+    columns = frame.columns
+    ts_col = _pick(columns, _TS_ALIASES, "timestamp")
+    assert ts_col is not None
+    ts_dtype = frame.schema[ts_col]
+    if isinstance(ts_dtype, pl.Datetime):
+        ts_expr = pl.col(ts_col)
+        ts_expr = (
+            ts_expr.dt.replace_time_zone("UTC") if ts_dtype.time_zone is None else ts_expr.dt.convert_time_zone("UTC")
+        )
+        frame = frame.with_columns(ts_expr.dt.cast_time_unit(TS_UNIT))
+    elif isinstance(ts_dtype, pl.Date):
+        frame = frame.with_columns(pl.col(ts_col).cast(pl.Datetime(TS_UNIT)).dt.replace_time_zone("UTC"))
+    elif ts_dtype.is_numeric() or ts_dtype in (pl.String, pl.Categorical, pl.Null):
+        frame = parse_timestamp_column(frame, ts_col)
+    else:
+        raise ValidationError(f"timestamp: column {ts_col!r} has type {ts_dtype}; expected datetime, epoch or ISO text")
+    metric_col = _pick(columns, _METRIC_ALIASES, "metric")
+    type_col = _pick(columns, _TYPE_ALIASES, "type", required=False)
+    if "value" not in columns:
+        raise ValidationError("value: missing column")
+    assert ts_col is not None and metric_col is not None
+    special = {ts_col, metric_col, "value", "_row"} | ({type_col} if type_col else set())
+    value_dtype = frame.schema["value"]
+    if not (value_dtype.is_numeric() or value_dtype in (pl.Null, pl.String)):
+        raise ValidationError(f"value: column has type {value_dtype}; expected numbers")
+    exprs: list[pl.Expr] = [
+        pl.col(metric_col).cast(pl.String).alias("metric"),
+        pl.col(ts_col).alias("ts"),
+        pl.col("value").cast(pl.Float64, strict=False).alias("value"),
+        (pl.col(type_col).cast(pl.String).str.to_lowercase() if type_col else pl.lit("gauge")).alias("type"),
+        pl.col("_row") if "_row" in columns else pl.int_range(0, pl.len(), dtype=pl.Int64).alias("_row"),
+    ]
+    exprs.extend(pl.col(c).alias(f"{_TAG_PREFIX}{c}") for c in columns if c not in special)
+    return frame.select(exprs)
+
+
+_TAG_PREFIX = "_tag:"
+
+
+def _series_columns(frame: pl.DataFrame, keys: list[str]) -> list[pl.Series]:
+    """Per-row ``metric``, ``type``, ``tags`` (categorical), ``series_id``, ``_problem`` and ``_rank``.
+
+    The work per series (names, tags, ids) runs once per distinct key; rows are
+    mapped to their group by index, never by joining on strings.
+    """
+    groups = frame.select(keys).with_row_index("_i").group_by(keys).agg(pl.col("_i"))
+    lookup = _series_lookup(groups.drop("_i"))
+    pairs = groups.select(pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("_g"), "_i").explode("_i")
+    group_of_row = np.empty(frame.height, dtype=np.uint32)
+    group_of_row[pairs.get_column("_i").to_numpy()] = pairs.get_column("_g").to_numpy()
+    index = pl.Series("_g", group_of_row)
+    columns = lookup.select(
+        pl.col("metric").cast(pl.Categorical),
+        pl.col("type").cast(pl.Categorical),
+        pl.col("tags").cast(pl.Categorical),
+        "series_id",
+        "_problem",
+        "_rank",
+    )
+    return [columns.get_column(name).gather(index) for name in columns.columns]
+
+
+def _series_lookup(keys: pl.DataFrame) -> pl.DataFrame:
+    """Per distinct (metric, type, tag columns): canonical tags, series_id, problem and lake sort rank."""
+    tag_columns = [c for c in keys.columns if c.startswith(_TAG_PREFIX)]
+    texts: list[str] = []
+    ids: list[int] = []
+    problems: list[str | None] = []
+    for row in keys.iter_rows(named=True):
+        metric = row["metric"]
+        text, problem = _encode_tags(row, tag_columns)
+        problem = check_metric_name(metric) or problem or check_type(row["type"])
+        texts.append(text)
+        problems.append(problem)
+        ids.append(series_id(metric, text) if problem is None else 0)
+    lookup = keys.with_columns(
+        pl.Series("tags", texts, dtype=pl.String),
+        pl.Series("series_id", ids, dtype=pl.Int64),
+        pl.Series("_problem", problems, dtype=pl.String),
+    )
+    order = lookup.select(pl.arg_sort_by("metric", "series_id", nulls_last=True)).to_series()
+    rank = np.empty(lookup.height, dtype=np.uint32)
+    rank[order.to_numpy()] = np.arange(lookup.height, dtype=np.uint32)
+    return lookup.with_columns(pl.Series("_rank", rank))
+
+
+def check_type(name: str | None) -> str | None:
+    """Return why a metric type name is invalid, or None when it is fine."""
+    if name in METRIC_TYPES:
+        return None
+    return f"type: unknown metric type {name!r}; allowed: {', '.join(METRIC_TYPES)}"
+
+
+def check_metric_name(metric: str | None) -> str | None:
+    """Return why a metric name is invalid, or None when it is fine."""
+    if metric is None or metric == "":
+        return "metric: missing"
+    if len(metric) > MAX_METRIC_LENGTH:
+        return f"metric: name longer than {MAX_METRIC_LENGTH} characters"
+    if not METRIC_NAME_RE.match(metric):
+        return f"metric: name {metric[:40]!r} must match {METRIC_NAME_RE.pattern}"
+    return None
+
+
+def _encode_tags(row: Mapping[str, Any], tag_columns: list[str]) -> tuple[str, str | None]:
+    tags: dict[str, Any] = {}
+    for column in tag_columns:
+        value = row[column]
+        if value is None:
+            continue
+        key = column[len(_TAG_PREFIX) :]
+        if key == "tags":  # an embedded tag set: struct, JSON text or key/value list
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value) if value.strip() else {}
+                except json.JSONDecodeError:
+                    return "", "tags: not a JSON object"
+            if isinstance(value, list):
+                value = {item["key"]: item["value"] for item in value}
+            if not isinstance(value, Mapping):
+                return "", f"tags: expected an object, got {type(value).__name__}"
+            tags.update({k: v for k, v in value.items() if v is not None})
+        else:
+            tags[key] = value if isinstance(value, str) else _tag_text(value)
+    problem = check_tags(tags)
+    return ("", problem) if problem else (canonical_tags(tags), None)
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def validate_frame(frame: pl.DataFrame, *, now: datetime, retention_days: int, max_future_seconds: int = 600) -> SampleBatch:
+    """Validate a normalised frame; return the good rows (with ``series_id``, in lake order) and the rejections."""
+    now_utc = to_utc(now)
+    newest = now_utc + timedelta(seconds=max_future_seconds)
+    oldest = now_utc - timedelta(days=retention_days)
+    keys = ["metric", "type", *[c for c in frame.columns if c.startswith(_TAG_PREFIX)]]
+    frame = frame.with_columns(_series_columns(frame, keys))
+    value = pl.col("value")
+    reason = (
+        pl.when(pl.col("_problem").is_not_null())
+        .then(pl.col("_problem"))
+        .when(value.is_null())
+        .then(pl.lit("value: missing or not a number"))
+        .when(value.is_infinite())
+        .then(pl.lit("value: infinite values are not allowed"))
+        .when(value.is_nan() & (pl.col("type") != MetricType.SUMMARY.value))
+        .then(pl.lit("value: NaN is only allowed for summary metrics"))
+        .when(pl.col("ts").is_null())
+        .then(pl.lit("timestamp: missing or unparseable"))
+        .when(pl.col("ts") > newest)
+        .then(pl.lit(f"timestamp: more than {max_future_seconds} s in the future"))
+        .when(pl.col("ts") < oldest)
+        .then(pl.lit(f"timestamp: older than the retention period ({retention_days} days)"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    checked = frame.with_columns(reason.alias("_reason"))
+    bad = checked.filter(pl.col("_reason").is_not_null())
+    rejected = [Rejection(int(i), str(r)) for i, r in bad.select("_row", "_reason").iter_rows()]
+    good = checked.filter(pl.col("_reason").is_null()) if rejected else checked
+    good = good.select(*SAMPLE_COLUMNS, "_rank").sort("_rank", "ts").drop("_rank")
+    return SampleBatch(frame=good, rejected=rejected)
+
+
+def with_series_id(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add the ``series_id`` column to a frame with canonical ``tags``, hashing each series once."""
+    pairs = frame.select("metric", "tags").unique()
+    ids = [series_id(m, t) for m, t in pairs.iter_rows()]
+    lookup = pairs.with_columns(pl.Series("series_id", ids, dtype=pl.Int64))
+    return frame.join(lookup, on=["metric", "tags"], how="left", maintain_order="left")
+
+
+def prepare_frame(
+    data: pl.DataFrame | pa.Table, *, now: datetime, retention_days: int, max_future_seconds: int = 600
+) -> SampleBatch:
+    """Normalise and validate a user frame in one step."""
+    return validate_frame(
+        normalise_frame(data), now=now, retention_days=retention_days, max_future_seconds=max_future_seconds
+    )
+
+
+def prepare_points(
+    points: Iterable[MetricDataPoint | Mapping[str, Any]],
+    *,
+    now: datetime,
+    retention_days: int,
+    max_future_seconds: int = 600,
+) -> SampleBatch:
+    """Validate points (objects or spec dicts) into a sample batch."""
+    frame, shape_errors = points_to_frame(points)
+    batch = validate_frame(frame, now=now, retention_days=retention_days, max_future_seconds=max_future_seconds)
+    batch.rejected = sorted(shape_errors + batch.rejected, key=lambda r: r.index)
+    return batch
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str | int | float | timedelta) -> timedelta:
+    """Parse ``30s``, ``5m``, ``1h``, ``90d``, ``2w`` (a bare number is seconds) into a timedelta."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return timedelta(seconds=float(text))
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ValidationError(f"duration: {text!r} is not a duration such as 30s, 5m, 1h, 7d or 2w")
+    number, unit = match.groups()
+    seconds = float(number) * _UNIT_SECONDS[unit or "s"]
+    if seconds <= 0:
+        raise ValidationError(f"duration: {text!r} must be positive")
+    return timedelta(seconds=seconds)

@@ -1,0 +1,150 @@
+"""Every setting of the system, read from ``METRICS_*`` (and the spec's) environment variables.
+
+This is the only module that reads the environment. A bad value fails at start
+with the variable's name, its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from metrics.errors import ConfigError
+
+STORAGE_TYPES = ("lake",)
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; expected a whole number >= {minimum}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name}={raw!r} is out of range; allowed: {allowed}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; expected a number > {minimum}") from None
+    if not value > minimum:
+        raise ConfigError(f"{name}={raw!r} is out of range; allowed: a number > {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.upper() if upper else raw.lower()
+    if value not in allowed:
+        raise ConfigError(f"{name}={raw!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; allowed: true, false, 1, 0, yes, no, on, off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Build it with :meth:`Settings.from_env`."""
+
+    data_dir: Path = Path("data")
+    storage_type: str = "lake"
+    db_path: Path | None = None
+    batch_size: int = 100_000
+    flush_seconds: float = 2.0
+    compression: str = "zstd"
+    compression_level: int = 3
+    retention_days: int = 90
+    archive: bool = False
+    max_future_seconds: int = 600
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    prefect_port: int = 4200
+    log_level: str = "INFO"
+    smtp_server: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    slack_webhook_url: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``env`` (default: ``os.environ``); keyword overrides win."""
+        env = os.environ if env is None else env
+        settings = cls(
+            data_dir=Path(env.get("METRICS_DATA_DIR") or "data"),
+            storage_type=_choice(env, "METRICS_STORAGE_TYPE", "lake", STORAGE_TYPES),
+            db_path=Path(env["METRICS_DB_PATH"]) if env.get("METRICS_DB_PATH") else None,
+            batch_size=_int(env, "METRICS_BATCH_SIZE", 100_000, minimum=1),
+            flush_seconds=_float(env, "METRICS_FLUSH_SECONDS", 2.0, minimum=0.0),
+            compression=_choice(env, "METRICS_COMPRESSION", "zstd", COMPRESSIONS),
+            compression_level=_int(env, "METRICS_COMPRESSION_LEVEL", 3, minimum=1, maximum=22),
+            retention_days=_int(env, "METRICS_RETENTION_DAYS", 90, minimum=1),
+            archive=_bool(env, "METRICS_ARCHIVE", False),
+            max_future_seconds=_int(env, "METRICS_MAX_FUTURE_SECONDS", 600, minimum=0),
+            api_host=env.get("METRICS_API_HOST") or "127.0.0.1",
+            api_port=_int(env, "METRICS_API_PORT", 8080, minimum=1, maximum=65535),
+            prefect_port=_int(env, "METRICS_PREFECT_PORT", 4200, minimum=1, maximum=65535),
+            log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            smtp_server=env.get("SMTP_SERVER") or None,
+            smtp_port=_int(env, "SMTP_PORT", 25, minimum=1, maximum=65535),
+            smtp_username=env.get("SMTP_USERNAME") or None,
+            smtp_password=env.get("SMTP_PASSWORD") or None,
+            slack_webhook_url=env.get("SLACK_WEBHOOK_URL") or None,
+        )
+        return replace(settings, **overrides) if overrides else settings
+
+    @property
+    def lake_dir(self) -> Path:
+        """Root of the Parquet lake."""
+        return self.data_dir / "lake"
+
+    @property
+    def wal_dir(self) -> Path:
+        """Root of the per-process write-ahead logs."""
+        return self.data_dir / "wal"
+
+    @property
+    def state_dir(self) -> Path:
+        """Mutable state in SQLite (alert states, keys, checkpoints)."""
+        return self.data_dir / "state"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Where retention moves expired partitions when archiving is on."""
+        return self.data_dir / "archive"
+
+    @property
+    def duckdb_path(self) -> Path:
+        """The DuckDB database file holding views over the lake."""
+        return self.db_path if self.db_path is not None else self.data_dir / "metrics.duckdb"
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the process environment, with optional overrides."""
+    return Settings.from_env(None, **overrides)

@@ -1,0 +1,95 @@
+"""Rollups: per-series 1-minute and 1-hour summaries (count, sum, min, max, first, last, increase).
+
+Each rollup row summarises one series in one bucket. ``increase`` is the
+counter increase between consecutive samples *inside* the bucket (a drop is a
+reset: the increase is then the new value); the step from the previous bucket's
+last sample to this bucket's first is added at query time from ``first`` and
+the previous ``last``, so rollups of any width combine exactly with raw samples.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import pyarrow as pa
+
+from storage.lake import COMPACTED_PREFIX, Lake
+
+ROLLUP_TABLES = {"rollups_1m": 60, "rollups_1h": 3600}
+
+ROLLUP_SCHEMA = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("series_id", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("sum", pa.float64(), nullable=False),
+        pa.field("min", pa.float64(), nullable=False),
+        pa.field("max", pa.float64(), nullable=False),
+        pa.field("first", pa.float64(), nullable=False),
+        pa.field("last", pa.float64(), nullable=False),
+        pa.field("last_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("increase", pa.float64(), nullable=False),
+    ]
+)
+
+
+def counter_step(value: pl.Expr, previous: pl.Expr) -> pl.Expr:
+    """Increase from ``previous`` to ``value``; a drop is a counter reset (increase = value)."""
+    delta = value - previous
+    return pl.when(previous.is_null()).then(0.0).when(delta >= 0).then(delta).otherwise(value)
+
+
+def build_rollup(samples: pl.DataFrame, width_seconds: int) -> pl.DataFrame:
+    """Summarise samples (any order) into one row per (series, bucket of ``width_seconds``)."""
+    width_us = width_seconds * 1_000_000
+    bucketed = samples.lazy().with_columns(
+        pl.col("metric").cast(pl.String),
+        ((pl.col("ts").dt.epoch("us") // width_us) * width_us).alias("_bucket"),
+    ).sort("series_id", "ts")
+    stepped = bucketed.with_columns(
+        counter_step(pl.col("value"), pl.col("value").shift(1)).over("series_id", "_bucket").alias("_step")
+    )
+    out = (
+        stepped.group_by("series_id", "_bucket")
+        .agg(
+            pl.col("metric").first(),
+            pl.len().cast(pl.Int64).alias("count"),
+            pl.col("value").sum().alias("sum"),
+            pl.col("value").min().alias("min"),
+            pl.col("value").max().alias("max"),
+            pl.col("value").first().alias("first"),
+            pl.col("value").last().alias("last"),
+            pl.col("ts").last().alias("last_ts"),
+            pl.col("_step").sum().alias("increase"),
+        )
+        .with_columns(pl.col("_bucket").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"))
+        .sort("metric", "series_id", "ts")
+        .select(ROLLUP_SCHEMA.names)
+        .collect()
+    )
+    return out
+
+
+def rollup_name(generation: str) -> str:
+    """File name of the rollup built from compacted generation ``generation``."""
+    return f"{COMPACTED_PREFIX}{generation}.parquet"
+
+
+def covered_days(lake: Lake, table: str, days: list[date]) -> set[date]:
+    """Days whose rollups in ``table`` cover every sample file of the day.
+
+    A day is covered when all its sample files are compacted and exactly the
+    same compacted generations have rollups. New raw files arriving after
+    compaction make the day uncovered until the next compaction.
+    """
+    covered: set[date] = set()
+    for day in days:
+        samples = {f.name for f in lake.files("samples", day, day)}
+        if not samples or not all(name.startswith(COMPACTED_PREFIX) for name in samples):
+            continue
+        rollups = {f.name for f in lake.files(table, day, day)}
+        if rollups == samples:
+            covered.add(day)
+    return covered

@@ -1,0 +1,281 @@
+"""The writer: validated samples -> write-ahead log -> sorted Parquet files in the day partitions.
+
+Small batches are appended to this process's WAL (fsync, then acknowledged)
+and buffered; the buffer is flushed to one Parquet file per day every
+``flush_seconds`` or ``batch_size`` rows, after which the WAL segment is
+deleted. A bulk frame of at least ``batch_size`` rows skips the WAL: it is
+written straight to fsynced Parquet files before it is acknowledged, which is
+just as durable and half the I/O.
+
+File names are ``w-<writer_id>-<seq>.parquet``, where ``seq`` is the WAL
+segment number, so replaying a segment rewrites the same file names (an
+idempotent overwrite, never a duplicate) and compaction can tell a file whose
+segment still exists (and leave it alone until the segment is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from metrics.model import SAMPLE_SCHEMA, SORT_KEY, SampleBatch
+from metrics.settings import Settings
+from storage.encoding import plain_values
+from storage.lake import SERIES_TABLE, Lake
+from storage.wal import WriteAheadLog, orphaned_folders, read_segment, segments
+
+log = logging.getLogger(__name__)
+
+SERIES_SCHEMA = pa.schema(
+    [
+        pa.field("series_id", pa.int64(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("tags", pa.string(), nullable=False),
+        pa.field("first_seen", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def new_writer_id() -> str:
+    """A unique, readable id for one writer process."""
+    host = socket.gethostname().split(".")[0].replace("-", "_")[:20] or "host"
+    return f"{host}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def sample_file_name(writer_id: str, seq: int) -> str:
+    """Name of the Parquet file(s) holding WAL segment ``seq`` of ``writer_id``."""
+    return f"w-{writer_id}-{seq:012d}.parquet"
+
+
+def parse_sample_file_name(name: str) -> tuple[str, int] | None:
+    """(writer_id, seq) of a writer's file name, or None for other files."""
+    if not name.startswith("w-") or not name.endswith(".parquet"):
+        return None
+    writer_id, _, seq = name[2:-8].rpartition("-")
+    return (writer_id, int(seq)) if writer_id and seq.isdigit() else None
+
+
+def sort_samples(frame: pl.DataFrame) -> pl.DataFrame:
+    """Sort by (metric, series_id, ts), the lake's file order (metric by its text)."""
+    return frame.with_columns(pl.col(c).cast(pl.String) for c in ("metric", "type", "tags")).sort(list(SORT_KEY))
+
+
+@dataclass
+class RecoveryReport:
+    """What a starting writer found of its dead predecessors."""
+
+    folders: int = 0
+    segments: int = 0
+    rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WriterStats:
+    """Running counters, exported on ``/metrics`` by the API."""
+
+    rows_written: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    flushes: int = 0
+    last_flush_seconds: float = 0.0
+
+
+class Writer:
+    """Durable sample writer of one process. Thread-safe."""
+
+    def __init__(self, settings: Settings, lake: Lake | None = None, writer_id: str | None = None) -> None:
+        self.settings = settings
+        self.lake = lake or Lake(
+            settings.lake_dir, compression=settings.compression, compression_level=settings.compression_level
+        )
+        self.writer_id = writer_id or new_writer_id()
+        self.wal = WriteAheadLog(settings.wal_dir, self.writer_id, SAMPLE_SCHEMA)
+        self.stats = WriterStats()
+        self._buffer: list[pl.DataFrame] = []
+        self._buffered_rows = 0
+        self._buffer_since: float | None = None
+        self._known_series: set[int] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.recovery = RecoveryReport()
+
+    # -- life cycle --------------------------------------------------------
+    def open(self, *, background_flush: bool = True) -> RecoveryReport:
+        """Take this process's WAL, replay dead writers' WALs, start the timed flusher."""
+        self.settings.wal_dir.mkdir(parents=True, exist_ok=True)
+        self.wal.open()
+        self._known_series = self._load_known_series()
+        self.recovery = self.recover()
+        if background_flush:
+            self._flusher = threading.Thread(target=self._flush_loop, name=f"flush-{self.writer_id}", daemon=True)
+            self._flusher.start()
+        return self.recovery
+
+    def close(self) -> None:
+        """Flush what is buffered and release the WAL."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=30)
+        with self._lock:
+            self.flush()
+            self.wal.close()
+
+    def __enter__(self) -> Writer:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------
+    def write(self, batch: SampleBatch) -> int:
+        """Store a validated batch durably; return how many rows. Returns once they are fsynced."""
+        frame = batch.frame
+        if frame.height == 0:
+            return 0
+        if frame.height >= self.settings.batch_size:
+            return self._write_direct(frame)
+        with self._lock:
+            self.wal.append(frame.to_arrow())
+            self._buffer.append(frame)
+            self._buffered_rows += frame.height
+            if self._buffer_since is None:
+                self._buffer_since = time.monotonic()
+            if self._buffered_rows >= self.settings.batch_size:
+                self.flush()
+        return frame.height
+
+    def _write_direct(self, frame: pl.DataFrame) -> int:
+        with self._lock:
+            seq = self.wal.next_seq()
+        self._commit(frame, seq, presorted=True)  # a SampleBatch is in lake order
+        return frame.height
+
+    def flush(self) -> int:
+        """Write the buffer to the lake and drop its WAL segment; return rows flushed."""
+        with self._lock:
+            if not self._buffer:
+                return 0
+            frame = pl.concat(self._buffer, how="vertical")
+            seq = self.wal.seal()
+            assert seq is not None
+            self._commit(frame, seq)
+            self.wal.remove(seq)
+            self._buffer.clear()
+            self._buffered_rows = 0
+            self._buffer_since = None
+            return frame.height
+
+    def _flush_loop(self) -> None:
+        period = max(self.settings.flush_seconds / 4, 0.05)
+        while not self._stop.wait(period):
+            since = self._buffer_since
+            if since is not None and time.monotonic() - since >= self.settings.flush_seconds:
+                try:
+                    self.flush()
+                except Exception:  # keep flushing later; the WAL still holds the rows
+                    log.exception("timed flush failed; rows stay in the WAL")
+
+    def _commit(self, frame: pl.DataFrame, seq: int, writer_id: str | None = None, presorted: bool = False) -> None:
+        """Write ``frame`` as the files of segment ``seq``: series catalog first, then samples."""
+        started = time.perf_counter()
+        name = sample_file_name(writer_id or self.writer_id, seq)
+        self._record_series(frame, name)
+        if not presorted:
+            frame = sort_samples(frame)
+        written = 0
+        for day, part in _by_day(frame):
+            path = self.lake.write("samples", day, plain_values(part).to_arrow(), name)
+            written += path.stat().st_size
+            self.stats.files_written += 1
+        self.stats.rows_written += frame.height
+        self.stats.bytes_written += written
+        self.stats.flushes += 1
+        self.stats.last_flush_seconds = time.perf_counter() - started
+
+    # -- the series catalog ------------------------------------------------
+    def _load_known_series(self) -> set[int]:
+        files = self.lake.flat_files(SERIES_TABLE)
+        if not files:
+            return set()
+        ids = pl.scan_parquet([str(f) for f in files]).select("series_id").unique().collect()
+        return set(ids.get_column("series_id").to_list())
+
+    def _record_series(self, frame: pl.DataFrame, name: str) -> None:
+        with self._lock:
+            series = (
+                frame.group_by("series_id")
+                .agg(pl.col("metric").first(), pl.col("type").first(), pl.col("tags").first(), pl.col("ts").min())
+                .rename({"ts": "first_seen"})
+            )
+            new = series.filter(~pl.col("series_id").is_in(list(self._known_series)))
+            if new.height == 0:
+                return
+            self.lake.write(SERIES_TABLE, None, new.to_arrow().select(SERIES_SCHEMA.names).cast(SERIES_SCHEMA), name)
+            self._known_series.update(new.get_column("series_id").to_list())
+
+    # -- recovery ----------------------------------------------------------
+    def recover(self) -> RecoveryReport:
+        """Replay the WAL folders of dead writers into the lake, then delete them."""
+        report = RecoveryReport()
+        for folder, lock in orphaned_folders(self.settings.wal_dir, own_id=self.writer_id):
+            try:
+                report.folders += 1
+                for path in segments(folder):
+                    replayed = read_segment(path, SAMPLE_SCHEMA)
+                    if replayed.error:
+                        report.errors.append(f"{folder.name}/{replayed.error}")
+                        log.warning("WAL replay: %s", replayed.error)
+                    if replayed.table is not None and replayed.table.num_rows:
+                        frame = pl.from_arrow(replayed.table)
+                        assert isinstance(frame, pl.DataFrame)
+                        self._commit(frame, replayed.seq, writer_id=folder.name)
+                        report.rows += frame.height
+                    report.segments += 1
+                    path.unlink()
+                _remove_folder(folder)
+            finally:
+                lock.close()
+        if report.folders:
+            log.info(
+                "recovered %d rows from %d segments of %d dead writers", report.rows, report.segments, report.folders
+            )
+        return report
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows acknowledged but not yet in Parquet (they are in the WAL)."""
+        return self._buffered_rows
+
+    def wal_bytes(self) -> int:
+        """Bytes in this process's current WAL segment."""
+        return self.wal.bytes_in_segment
+
+
+def _by_day(frame: pl.DataFrame) -> list[tuple[date, pl.DataFrame]]:
+    days = frame.get_column("ts").dt.date()
+    first, last = days.min(), days.max()
+    if first == last:
+        assert isinstance(first, date)
+        return [(first, frame)]
+    parts = frame.with_columns(days.alias("_day")).partition_by("_day", as_dict=True, maintain_order=True)
+    return [(key[0], part.drop("_day")) for key, part in sorted(parts.items())]  # type: ignore[misc]
+
+
+def _remove_folder(folder: Path) -> None:
+    for item in folder.iterdir():
+        item.unlink(missing_ok=True)
+    folder.rmdir()

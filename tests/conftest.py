@@ -1,0 +1,80 @@
+"""Shared fixtures: a real lake in a temporary folder, settings pointing at it, sample frames."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from metrics.settings import Settings  # noqa: E402
+from storage.store import MetricStore  # noqa: E402
+
+SAMPLE_INTERVAL = timedelta(seconds=10)
+
+
+@pytest.fixture
+def now() -> datetime:
+    """A fixed 'now' aligned to the minute, a little in the past so data is never in the future."""
+    moment = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    return moment
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with the data directory in a fresh temporary folder."""
+    return Settings(data_dir=tmp_path / "data", batch_size=10_000, flush_seconds=0.2)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[MetricStore]:
+    """An open MetricStore on the temporary lake (background flusher off for determinism)."""
+    opened = MetricStore(settings).open(background_flush=False)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+FrameFactory = Callable[..., pl.DataFrame]
+
+
+@pytest.fixture
+def make_frame(now: datetime) -> FrameFactory:
+    """Build a wide sample frame: ``metrics`` x ``hosts`` series, ``points`` each, 10 s apart, ending at ``now``."""
+
+    def build(
+        metrics: tuple[str, ...] = ("cpu.usage", "mem.usage"),
+        hosts: int = 3,
+        points: int = 60,
+        *,
+        kind: str = "gauge",
+        end: datetime | None = None,
+        seed: int = 1,
+    ) -> pl.DataFrame:
+        rng = np.random.default_rng(seed)
+        last = end or now
+        stamps = [last - SAMPLE_INTERVAL * (points - 1 - i) for i in range(points)]
+        rows: dict[str, list[object]] = {"ts": [], "metric": [], "value": [], "type": [], "host": []}
+        for metric in metrics:
+            for h in range(hosts):
+                if kind == "counter":
+                    values = np.cumsum(rng.integers(0, 20, points)).astype(float)
+                else:
+                    values = np.round(rng.uniform(0, 100, points), 2)
+                rows["ts"].extend(stamps)
+                rows["metric"].extend([metric] * points)
+                rows["value"].extend(values.tolist())
+                rows["type"].extend([kind] * points)
+                rows["host"].extend([f"host-{h}"] * points)
+        return pl.DataFrame(rows, schema_overrides={"ts": pl.Datetime("us", "UTC")})
+
+    return build
