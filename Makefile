@@ -47,8 +47,8 @@ format: setup ## Format the code
 	$(VENV)/bin/ruff check --fix .
 
 requirements: setup ## Export requirements.txt and requirements-dev.txt from the lock
-	$(UV) export --frozen --no-dev --no-hashes --no-emit-project -o requirements.txt >/dev/null
-	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project -o requirements-dev.txt >/dev/null
+	$(UV) export --frozen --no-dev --no-hashes -o requirements.txt >/dev/null
+	$(UV) export --frozen --only-group dev --no-hashes --no-emit-project -o requirements-dev.txt >/dev/null && sed -i "3i -r requirements.txt" requirements-dev.txt
 
 bench: setup ## Run the ingest and query benchmarks (10 M samples each)
 	$(PY) -m metrics bench ingest --json

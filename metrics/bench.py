@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 from rich.console import Console
 
 from metrics.settings import Settings
@@ -37,33 +36,56 @@ from storage.store import MetricStore
 INTERVAL_S = 10
 # Share of series per kind in the ingest mix: counters, 2-decimal gauges, constants, noisy floats.
 MIX = {"counter": 0.40, "gauge2": 0.35, "constant": 0.15, "noisy": 0.10}
-_COUNTERS = ["crypto.key.encryption_ops", "crypto.key.decryption_ops", "crypto.key.sign_ops",
-             "system.network.bytes_sent", "system.network.bytes_recv", "http.requests_total"]
-_GAUGES = ["system.cpu.usage_total", "system.memory.usage_percent", "system.disk.usage_percent",
-           "crypto.key.days_since_rotation", "system.load.1m"]
+_COUNTERS = [
+    "crypto.key.encryption_ops",
+    "crypto.key.decryption_ops",
+    "crypto.key.sign_ops",
+    "system.network.bytes_sent",
+    "system.network.bytes_recv",
+    "http.requests_total",
+]
+_GAUGES = [
+    "system.cpu.usage_total",
+    "system.memory.usage_percent",
+    "system.disk.usage_percent",
+    "crypto.key.days_since_rotation",
+    "system.load.1m",
+]
 _CONSTANTS = ["crypto.key.rotation_policy_days", "system.cpu.cores", "crypto.key.enabled"]
 _NOISY = ["http.request.latency_seconds", "crypto.kms.call_latency_seconds"]
-CPU_METRICS = ["usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowait",
-               "usage_irq", "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice"]
+CPU_METRICS = [
+    "usage_user",
+    "usage_system",
+    "usage_idle",
+    "usage_nice",
+    "usage_iowait",
+    "usage_irq",
+    "usage_softirq",
+    "usage_steal",
+    "usage_guest",
+    "usage_guest_nice",
+]
 
 
-def ingest_mix(samples: int, *, seed: int = 7, end: datetime | None = None) -> pl.DataFrame:
-    """The ingest benchmark's frame: ``samples`` rows of the realistic mix, time-major."""
+def ingest_mix(samples: int, *, series: int | None = None, seed: int = 7, end: datetime | None = None) -> pl.DataFrame:
+    """The ingest benchmark's frame: ``samples`` rows of the realistic mix, time-major, ending at ``end``.
+
+    By default there are 2,000 points per series; ``series`` fixes the number of series instead.
+    """
     rng = np.random.default_rng(seed)
-    points = 2_000
-    n_series = max(1, samples // points)
-    points = samples // n_series
+    n_series = series or max(1, samples // 2_000)
+    points = max(1, samples // n_series)
     kinds = rng.choice(list(MIX), size=n_series, p=list(MIX.values()))
     values = np.empty((points, n_series))
     metric_names: list[str] = []
     for j, kind in enumerate(kinds):
         if kind == "counter":
             steps = rng.poisson(rng.uniform(1, 400), points).astype(float)
-            series = np.cumsum(steps)
+            counter = np.cumsum(steps)
             if rng.random() < 0.1:  # a process restart resets the counter
                 cut = rng.integers(1, points)
-                series[cut:] -= series[cut - 1]
-            values[:, j] = series
+                counter[cut:] -= counter[cut - 1]
+            values[:, j] = counter
             metric_names.append(_COUNTERS[j % len(_COUNTERS)])
         elif kind == "gauge2":
             walk = 50 + np.cumsum(rng.normal(0, 0.4, points))
@@ -78,7 +100,7 @@ def ingest_mix(samples: int, *, seed: int = 7, end: datetime | None = None) -> p
     end_us = int((end or datetime.now(UTC)).timestamp()) // INTERVAL_S * INTERVAL_S * 1_000_000
     ts = end_us - (points - 1 - np.arange(points, dtype=np.int64)) * INTERVAL_S * 1_000_000
     hosts = [f"host-{j % 250:03d}" for j in range(n_series)]
-    keys = [f"key-{(j * 7) % 500:04d}" for j in range(n_series)]
+    keys = [f"key-{(j * 7) % 500:04d}" if name.startswith("crypto.") else None for j, name in enumerate(metric_names)]
     regions = [("eu-west-1", "us-east-1", "ap-south-1")[j % 3] for j in range(n_series)]
     types = ["counter" if k == "counter" else "gauge" for k in kinds]
     return pl.DataFrame(
@@ -88,7 +110,7 @@ def ingest_mix(samples: int, *, seed: int = 7, end: datetime | None = None) -> p
             "value": values.ravel(),
             "type": pl.Series(np.tile(np.array(types), points)).cast(pl.Categorical),
             "host": pl.Series(np.tile(np.array(hosts), points)).cast(pl.Categorical),
-            "key_id": pl.Series(np.tile(np.array(keys), points)).cast(pl.Categorical),
+            "key_id": pl.Series(keys * points, dtype=pl.String).cast(pl.Categorical),
             "region": pl.Series(np.tile(np.array(regions), points)).cast(pl.Categorical),
         }
     )
@@ -134,7 +156,9 @@ def _lake_bytes(store: MetricStore, table: str) -> int:
     return sum(f.path.stat().st_size for f in store.lake.files(table))
 
 
-def bench_ingest(samples: int = 10_000_000, *, data_dir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
+def bench_ingest(
+    samples: int = 10_000_000, *, data_dir: Path | None = None, console: Console | None = None
+) -> dict[str, Any]:
     """Measure bulk ingest into durable Parquet and bytes per sample after compaction."""
     say = (console or Console(stderr=True)).log
     say(f"generating {samples:,} samples of the realistic mix")
@@ -181,7 +205,7 @@ def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 def _summary(timings: list[float]) -> dict[str, float]:
     ordered = sorted(timings)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {"p50_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2)}
 
 
@@ -229,7 +253,9 @@ def bench_query(
 
             queries: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
                 "single_series_max_1m_1h": (
-                    lambda: store.query_aggregated("cpu.usage_user", "max", "1m", *window(1), None, {"hostname": pick(1)}),
+                    lambda: store.query_aggregated(
+                        "cpu.usage_user", "max", "1m", *window(1), None, {"hostname": pick(1)}
+                    ),
                     lambda: con.execute(
                         f"SELECT time_bucket(INTERVAL 1 minute, ts) AS b, max(value) FROM {src} "
                         "WHERE metric = 'cpu.usage_user' AND hostname = ? AND ts >= ? AND ts < ? GROUP BY b ORDER BY b",
@@ -240,7 +266,8 @@ def bench_query(
                     lambda: store.query_aggregated("cpu.*", "max", "1h", *window(8), None, {"hostname": pick(8)}),
                     lambda: con.execute(
                         f"SELECT metric, hostname, time_bucket(INTERVAL 1 hour, ts) AS b, max(value) FROM {src} "
-                        "WHERE hostname IN (SELECT unnest(?::VARCHAR[])) AND ts >= ? AND ts < ? GROUP BY ALL ORDER BY ALL",
+                        "WHERE hostname IN (SELECT unnest(?::VARCHAR[])) AND ts >= ? AND ts < ? "
+                        "GROUP BY ALL ORDER BY ALL",
                         [pick(8), *window(8)],
                     ).fetchall(),
                 ),

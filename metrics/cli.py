@@ -140,14 +140,19 @@ def ingest(
     from metrics.files import count_rows_hint
 
     total_stored = 0
-    with open_store() as store, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
-    ) as progress:
+    with (
+        open_store() as store,
+        Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+        ) as progress,
+    ):
         for path in files:
             task = progress.add_task(path.name, total=count_rows_hint(path))
             result = store.ingest_file(path, progress=lambda n, t=task: progress.advance(t, n))
             store.flush()
-            progress.update(task, completed=result.stored + len(result.rejected), total=result.stored + len(result.rejected))
+            progress.update(
+                task, completed=result.stored + len(result.rejected), total=result.stored + len(result.rejected)
+            )
             total_stored += result.stored
             rate = f"{result.samples_per_second:,.0f} samples/s" if result.seconds else ""
             out.print(f"{path}: {result.stored} rows stored, {len(result.rejected)} rejected  {rate}")
@@ -193,7 +198,9 @@ def query(
 
 @app.command()
 def sql(
-    statement: Annotated[str, typer.Argument(help="DuckDB SQL over the views samples, series, rollups_1m, rollups_1h.")],
+    statement: Annotated[
+        str, typer.Argument(help="DuckDB SQL over the views samples, series, rollups_1m, rollups_1h.")
+    ],
     fmt: FormatOption = "table",
 ) -> None:
     """Run ad-hoc SQL over the lake.
@@ -218,8 +225,18 @@ def compact(
         with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
             task = progress.add_task("compact", total=len(days))
             results = store.compact(validate=not no_validate, progress=lambda _d: progress.advance(task))
+    rows = [
+        {
+            **{k: v for k, v in r.to_dict().items() if k not in ("validation", "corrupt_files")},
+            "corrupt": len(r.corrupt_files),
+        }
+        for r in results
+    ]
+    for r in results:
+        for note in r.corrupt_files:
+            err.print(f"{r.day}: unreadable file moved to quarantine: {note}", markup=False)
     frame = pl.DataFrame(
-        [{k: v for k, v in r.to_dict().items() if k != "validation"} for r in results],
+        rows,
         schema={
             "day": pl.String,
             "files_before": pl.Int64,
@@ -229,6 +246,7 @@ def compact(
             "bytes_after": pl.Int64,
             "quarantined": pl.Int64,
             "skipped_files": pl.Int64,
+            "corrupt": pl.Int64,
         },
     )
     emit(frame, fmt)
@@ -249,7 +267,9 @@ def cleanup(
     with open_store() as store:
         result = store.cleanup(age, dry_run=dry_run)
     verb = "would remove" if dry_run else ("archived" if result.archived else "removed")
-    out.print(f"cutoff {result.cutoff.isoformat()}: {verb} {len(result.partitions)} partitions, {result.bytes_freed} bytes")
+    out.print(
+        f"cutoff {result.cutoff.isoformat()}: {verb} {len(result.partitions)} partitions, {result.bytes_freed} bytes"
+    )
     for name in result.partitions:
         out.print(f"  {name}")
 
@@ -263,6 +283,61 @@ def reindex() -> None:
     with open_store() as store:
         results = store.reindex()
     out.print(f"rebuilt {len(results)} days: {sum(r.rows for r in results)} samples")
+
+
+@app.command()
+def demo(
+    hours: Annotated[float, typer.Option(help="Hours of history to generate when the lake is empty.")] = 6.0,
+    series: Annotated[int, typer.Option(help="Number of series in the generated mix.")] = 300,
+) -> None:
+    """Run the system on embedded defaults: fill the lake with realistic metrics, compact, query.
+
+    Generates key-usage, system and latency metrics up to now (continuing after the
+    newest stored sample on a second run), stores them through the bulk path,
+    compacts and validates the day partitions, and prints a few standard queries.
+
+    Example: metrics demo --hours 6
+    """
+    from datetime import timedelta
+
+    from metrics.bench import INTERVAL_S, ingest_mix
+
+    now = datetime.now(UTC)
+    with open_store() as store:
+        newest = store.sql("SELECT max(ts) AS newest FROM samples").item()
+        start = newest if newest is not None else now - timedelta(hours=hours)
+        points = int((now - start).total_seconds() // INTERVAL_S)
+        if points > 0:
+            frame = ingest_mix(points * series, series=series, end=now)
+            result = store.ingest_frame(frame)
+            store.flush()
+            out.print(f"stored {result.stored:,} samples ({result.samples_per_second:,.0f} samples/s)")
+        with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+            days = store.lake.partitions("samples")
+            task = progress.add_task("compact", total=len(days))
+            compacted = store.compact(progress=lambda _d: progress.advance(task))
+        for item in compacted:
+            out.print(
+                f"compacted {item.day}: {item.files_before} files -> 1, {item.rows:,} rows, "
+                f"{item.bytes_after / max(item.rows, 1):.2f} bytes/sample, {item.quarantined} quarantined"
+            )
+        out.rule("Key operations per second over the last hour (top 5 key series)")
+        rates = store.query_aggregated("crypto.key.*_ops", "rate", "1h", now - timedelta(hours=1), now)
+        emit(rates.sort("value", descending=True).head(5), "table")
+        out.rule("Average memory use per host, 1-hour buckets (first 5 hosts)")
+        memory = store.query_aggregated(
+            "system.memory.usage_percent", "avg", "1h", now - timedelta(hours=3), now, ["host"]
+        )
+        emit(memory.filter(pl.col("host").is_in(memory.get_column("host").unique().sort().head(5).implode())), "table")
+        out.rule("Stored samples per metric")
+        emit(store.sql("SELECT metric, count(*) AS samples FROM samples GROUP BY metric ORDER BY metric"), "table")
+    data_dir = settings().data_dir
+    out.print(
+        f"\nThe lake is in {data_dir}/lake. Try:\n"
+        f"  metrics query 'system.cpu.*' --since 1h --agg avg --interval 5m\n"
+        f'  metrics sql "SELECT metric, count(*) FROM samples GROUP BY ALL"\n'
+        f"  duckdb {settings().duckdb_path}   (views: samples, series, rollups_1m, rollups_1h)"
+    )
 
 
 @bench_app.command("ingest")

@@ -59,7 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -91,7 +91,6 @@ _TYPE_COLUMNS = ("type", "metric_type")
 _ROW = "_row"
 _GZIP_MAGIC = b"\x1f\x8b"
 _DUPLICATE_RE = re.compile(r"^(?P<name>.*)_duplicated_\d+$")
-
 
 
 def detect_format(path: Path) -> str:
@@ -286,7 +285,7 @@ def _frame_batches(
 
 
 def _tidy_frame(frame: pl.DataFrame, offset: int, *, text: bool) -> pl.DataFrame:
-    """Number the rows from ``offset``; for CSV text drop blank rows and parse values; default the type; parse timestamps."""
+    """Number the rows from ``offset``; for CSV text drop blank rows and parse values; default the type."""
     data_columns = frame.columns
     frame = frame.with_columns(pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(_ROW))
     if text:

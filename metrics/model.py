@@ -47,7 +47,7 @@ TS_UNIT: Literal["us"] = "us"
 TS_DTYPE = pl.Datetime(TS_UNIT, "UTC")
 
 
-class MetricType(str, enum.Enum):
+class MetricType(enum.StrEnum):
     """The four Prometheus metric types."""
 
     COUNTER = "counter"
@@ -321,7 +321,7 @@ _ISO_LAYOUTS: tuple[tuple[str, bool], ...] = (
 
 
 def _epoch(number: pl.Expr, *, integer: bool) -> pl.Expr:
-    """Epoch seconds/ms/us/ns (told apart by magnitude, as metrics.model does) as Datetime(us, UTC); out of range is null."""
+    """Epoch seconds/ms/us/ns (told apart by magnitude) as Datetime(us, UTC); out of range is null."""
     magnitude = number.abs()
     if integer:
         micros = (
@@ -393,7 +393,6 @@ def _parse_text(text: str) -> datetime | None:
         return None
 
 
-
 def normalise_frame(data: pl.DataFrame | pa.Table) -> pl.DataFrame:
     """Bring a user frame to the sample columns (un-validated), keeping ``_row`` indices.
 
@@ -426,7 +425,7 @@ def normalise_frame(data: pl.DataFrame | pa.Table) -> pl.DataFrame:
     type_col = _pick(columns, _TYPE_ALIASES, "type", required=False)
     if "value" not in columns:
         raise ValidationError("value: missing column")
-    assert ts_col is not None and metric_col is not None
+    assert metric_col is not None
     special = {ts_col, metric_col, "value", "_row"} | ({type_col} if type_col else set())
     value_dtype = frame.schema["value"]
     if not (value_dtype.is_numeric() or value_dtype in (pl.Null, pl.String)):
@@ -540,7 +539,9 @@ def _tag_text(value: Any) -> str:
     return str(value)
 
 
-def validate_frame(frame: pl.DataFrame, *, now: datetime, retention_days: int, max_future_seconds: int = 600) -> SampleBatch:
+def validate_frame(
+    frame: pl.DataFrame, *, now: datetime, retention_days: int, max_future_seconds: int = 600
+) -> SampleBatch:
     """Validate a normalised frame; return the good rows (with ``series_id``, in lake order) and the rejections."""
     now_utc = to_utc(now)
     newest = now_utc + timedelta(seconds=max_future_seconds)

@@ -94,7 +94,9 @@ class MetricsSystem:
         limit: int | None = None,
     ) -> pl.DataFrame:
         """Raw samples of metrics matching a glob in [start_time, end_time) (default: the last hour)."""
-        return await asyncio.to_thread(self.store.query_metrics, metric_pattern, start_time, end_time, tags, limit=limit)
+        return await asyncio.to_thread(
+            self.store.query_metrics, metric_pattern, start_time, end_time, tags, limit=limit
+        )
 
     async def query_aggregated(
         self,
@@ -111,7 +113,9 @@ class MetricsSystem:
             self.store.query_aggregated, metric_pattern, aggregation, interval, start_time, end_time, group_by, tags
         )
 
-    async def latest(self, metric_pattern: str = "*", tags: Mapping[str, str | Sequence[str]] | None = None) -> pl.DataFrame:
+    async def latest(
+        self, metric_pattern: str = "*", tags: Mapping[str, str | Sequence[str]] | None = None
+    ) -> pl.DataFrame:
         """The latest sample of every matching series."""
         return await asyncio.to_thread(self.store.latest, metric_pattern, tags)
 
@@ -131,8 +135,6 @@ class MetricsSystem:
 def get_metrics_system(storage: str = "lake", settings: Settings | None = None, **overrides: Any) -> MetricsSystem:
     """Create a metrics system on the given storage (only ``"lake"`` exists); settings come from the environment."""
     if storage not in STORAGE_TYPES:
-        raise UnsupportedStorageError(
-            f"storage {storage!r} is not supported; available: {', '.join(STORAGE_TYPES)}"
-        )
+        raise UnsupportedStorageError(f"storage {storage!r} is not supported; available: {', '.join(STORAGE_TYPES)}")
     resolved = settings or Settings.from_env(None, **overrides)
     return MetricsSystem(resolved)

@@ -12,6 +12,7 @@ fail or double count. The series catalog's small files are merged the same way.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
-from metrics.model import SAMPLE_COLUMNS, SORT_KEY
+from metrics.model import POLARS_SAMPLE_SCHEMA, SAMPLE_COLUMNS, SORT_KEY
 from storage.encoding import decimal_values, decode_values
 from storage.lake import COMPACTED_PREFIX, QUARANTINE, SERIES_TABLE, Lake, LakeFile
 from storage.rollups import ROLLUP_SCHEMA, ROLLUP_TABLES, build_rollup, covered_days, rollup_name
@@ -46,6 +48,7 @@ class CompactionResult:
     bytes_after: int
     quarantined: int = 0
     skipped_files: int = 0
+    corrupt_files: list[str] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +69,26 @@ def _pending_files(lake: Lake, wal_root: Path, files: Iterable[LakeFile]) -> tup
             continue
         ready.append(item)
     return ready, skipped
+
+
+def _read_inputs(lake: Lake, day: date, inputs: list[LakeFile]) -> tuple[list[pl.DataFrame], list[LakeFile], list[str]]:
+    """Read each input file; move unreadable ones to quarantine (with a note of why) and go on."""
+    frames: list[pl.DataFrame] = []
+    readable: list[LakeFile] = []
+    corrupt: list[str] = []
+    for item in inputs:
+        try:
+            frames.append(decode_values(pl.read_parquet(item.path)).select(SAMPLE_COLUMNS))
+            readable.append(item)
+        except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            folder = lake.partition_dir(QUARANTINE, day)
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"corrupt-{item.name}"
+            os.replace(item.path, target)
+            target.with_name(target.name + ".reason.txt").write_text(f"{item.path}: {exc}\n", encoding="utf-8")
+            corrupt.append(f"{item.name}: {str(exc).splitlines()[0]}")
+            log.error("%s is unreadable (%s); moved to %s", item.path, exc, target)
+    return frames, readable, corrupt
 
 
 def needs_compaction(lake: Lake, day: date) -> bool:
@@ -95,7 +118,10 @@ def compact_day(
     if not inputs:
         return None
     bytes_before = sum(f.path.stat().st_size for f in inputs)
-    frame = decode_values(pl.read_parquet([str(f.path) for f in inputs])).select(SAMPLE_COLUMNS)
+    frames, inputs, corrupt = _read_inputs(lake, day, inputs)
+    if not frames and not corrupt:
+        return None
+    frame = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=POLARS_SAMPLE_SCHEMA)
     generation = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     quarantined = 0
     report: dict[str, Any] = {}
@@ -133,6 +159,7 @@ def compact_day(
         bytes_after=bytes_after,
         quarantined=quarantined,
         skipped_files=skipped,
+        corrupt_files=corrupt,
         validation=report,
     )
 

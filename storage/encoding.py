@@ -35,10 +35,7 @@ STORED_SCHEMA = pa.schema(
 )
 
 # DuckDB expression giving back the value; the list holds exact powers of ten.
-VALUE_SQL = (
-    "coalesce(value, value_int::DOUBLE / "
-    f"[{', '.join(repr(p) for p in _POWERS)}][value_scale + 1])"
-)
+VALUE_SQL = f"coalesce(value, value_int::DOUBLE / [{', '.join(repr(p) for p in _POWERS)}][value_scale + 1])"
 
 
 def plain_values(frame: pl.DataFrame) -> pl.DataFrame:

@@ -48,7 +48,7 @@ COMPACTED_PREFIX = "c-"
 # ids are dictionary-coded (runs of one value cost a few bits).
 _DICTIONARY_COLUMNS = ["metric", "series_id", "type", "tags", "value_scale"]
 _ENCODINGS = {"ts": "DELTA_BINARY_PACKED", "value_int": "DELTA_BINARY_PACKED"}
-ROW_GROUP_SIZE = 128 * 1024
+ROW_GROUP_SIZE = 131072
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,13 @@ class Lake:
 
     # -- writing -----------------------------------------------------------
     def write(
-        self, table: str, day: date | None, data: pa.Table, name: str | None = None, *, compression_level: int | None = None
+        self,
+        table: str,
+        day: date | None,
+        data: pa.Table,
+        name: str | None = None,
+        *,
+        compression_level: int | None = None,
     ) -> Path:
         """Commit ``data`` as one new file of ``table`` (partition ``day``, or flat when None)."""
         folder = self.partition_dir(table, day) if day is not None else self.table_dir(table)
@@ -295,7 +301,9 @@ class Lake:
         """Write a file under its temporary name, ready for :meth:`replace`."""
         folder = self.partition_dir(table, day) if day is not None else self.table_dir(table)
         tmp = folder / (name + TMP_SUFFIX)
-        write_parquet(data, tmp, compression=self.compression, compression_level=compression_level or self.compression_level)
+        write_parquet(
+            data, tmp, compression=self.compression, compression_level=compression_level or self.compression_level
+        )
         return tmp
 
     def drop_partition(self, table: str, day: date, archive_to: Path | None = None) -> int:

@@ -33,7 +33,7 @@ from metrics.errors import QueryError
 from metrics.model import TAG_KEY_RE, parse_duration, to_utc
 from storage.encoding import VALUE_SQL
 from storage.lake import SERIES_TABLE, TABLES, Lake
-from storage.rollups import ROLLUP_TABLES, covered_days
+from storage.rollups import covered_days
 
 AGGREGATIONS = ("avg", "min", "max", "sum", "count", "last", "rate", "increase", "p50", "p95", "p99")
 ROLLUP_AGGREGATIONS = frozenset({"avg", "min", "max", "sum", "count", "last", "rate", "increase"})
@@ -73,10 +73,7 @@ def _file_list(paths: Sequence[Path | str]) -> str:
 
 def samples_source(files: Sequence[Path | str]) -> str:
     """A subquery reading sample files with their values decoded (see ``storage.encoding``)."""
-    return (
-        f"(SELECT metric, series_id, ts, {VALUE_SQL} AS value, type, tags "
-        f"FROM read_parquet({_file_list(files)}))"
-    )
+    return f"(SELECT metric, series_id, ts, {VALUE_SQL} AS value, type, tags FROM read_parquet({_file_list(files)}))"
 
 
 def _json_path(key: str) -> str:
@@ -168,6 +165,8 @@ class QueryEngine:
         self._con = connect(threads=threads)
         self._views_signature: tuple[bool, ...] | None = None
         self._views_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+        self._catalog_signature: list[tuple[str, int, int]] | None = None
         self.last_query_seconds = 0.0
 
     def close(self) -> None:
@@ -193,13 +192,30 @@ class QueryEngine:
         return result
 
     def _series_source(self) -> str | None:
+        """Name of an in-memory table holding the series catalog, refreshed when its files change."""
         files = self.lake.flat_files(SERIES_TABLE)
         if not files:
             return None
-        return (
-            "(SELECT series_id, any_value(metric) AS metric, any_value(type) AS type, any_value(tags) AS tags "
-            f"FROM read_parquet({_file_list(files)}) GROUP BY series_id)"
-        )
+        signature = []
+        for path in files:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # merged away by compaction meanwhile: read again
+                return self._series_source()
+            signature.append((path.name, stat.st_size, stat.st_mtime_ns))
+        with self._catalog_lock:
+            if signature != self._catalog_signature:
+                cursor = self._con.cursor()
+                try:
+                    cursor.execute(
+                        "CREATE OR REPLACE TABLE series_catalog AS SELECT series_id, any_value(metric) AS metric, "
+                        "any_value(type) AS type, any_value(tags) AS tags "
+                        f"FROM read_parquet({_file_list(files)}) GROUP BY series_id"
+                    )
+                finally:
+                    cursor.close()
+                self._catalog_signature = signature
+        return "series_catalog"
 
     def _series_ids(self, flt: MetricFilter) -> list[int] | None:
         """Series ids matching the tag filters (None when there are no tag filters)."""
@@ -328,10 +344,14 @@ class QueryEngine:
         flt = MetricFilter(pattern, tags)
         source = self._series_source()
         if source is None:
-            return pl.DataFrame(schema={"series_id": pl.Int64, "metric": pl.String, "type": pl.String, "tags": pl.String})
+            return pl.DataFrame(
+                schema={"series_id": pl.Int64, "metric": pl.String, "type": pl.String, "tags": pl.String}
+            )
         ids = self._series_ids(flt)
         where, params = self._where(flt, ids)
-        return self._run(f"SELECT series_id, metric, type, tags FROM {source} WHERE {where} ORDER BY metric, tags", params)
+        return self._run(
+            f"SELECT series_id, metric, type, tags FROM {source} WHERE {where} ORDER BY metric, tags", params
+        )
 
     # -- aggregation -------------------------------------------------------------
     def query_aggregated(
@@ -462,7 +482,9 @@ class QueryEngine:
                 "CASE WHEN lag(last) OVER w IS NULL THEN 0 WHEN first - lag(last) OVER w >= 0 "
                 "THEN first - lag(last) OVER w ELSE first END"
             )
-            stepped = f"SELECT *, inc + {boundary} AS inc2 FROM ({partials}) WINDOW w AS (PARTITION BY series_id ORDER BY b)"
+            stepped = (
+                f"SELECT *, inc + {boundary} AS inc2 FROM ({partials}) WINDOW w AS (PARTITION BY series_id ORDER BY b)"
+            )
         else:
             stepped = f"SELECT *, inc AS inc2 FROM ({partials})"
         per_series = (
@@ -532,7 +554,8 @@ class QueryEngine:
         ts = "make_timestamp(bucket)::TIMESTAMPTZ"
         if group_keys is None:
             text = (
-                f"SELECT {ts} AS ts, r.metric, r.series_id, any_value(c.tags) AS tags, quantile_cont(value, {q}) AS value "
+                f"SELECT {ts} AS ts, r.metric, r.series_id, any_value(c.tags) AS tags, "
+                f"quantile_cont(value, {q}) AS value "
                 f"FROM ({raw}) r LEFT JOIN {catalog} c USING (series_id) "
                 "GROUP BY bucket, r.metric, r.series_id ORDER BY r.metric, tags, ts"
             )
@@ -588,7 +611,9 @@ class QueryEngine:
                         "hive_partitioning = true, union_by_name = true)"
                     )
             elif table in _EMPTY_SCHEMAS:
-                columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in _EMPTY_SCHEMAS[table].split(", "))
+                columns = ", ".join(
+                    f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in _EMPTY_SCHEMAS[table].split(", ")
+                )
                 body = f"SELECT {columns} WHERE false"
             else:
                 continue
@@ -615,8 +640,16 @@ class QueryEngine:
                 write_database_file(self.database_file, statements)
 
 
-def write_database_file(path: Path, statements: list[str]) -> None:
-    """Write a DuckDB database holding only the lake views (atomically replaced)."""
+def write_database_file(path: Path, statements: list[str]) -> bool:
+    """Write a DuckDB database holding only the lake views (atomically replaced); False when already current.
+
+    The statements are remembered beside the file (``<name>.views.sql``), so
+    readers that find the same views leave the file alone.
+    """
+    recorded = path.with_name(path.name + ".views.sql")
+    text = ";\n".join(statements) + ";\n"
+    if path.exists() and recorded.exists() and recorded.read_text(encoding="utf-8") == text:
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -629,6 +662,10 @@ def write_database_file(path: Path, statements: list[str]) -> None:
         con.close()
     os.replace(tmp, path)
     Path(str(tmp) + ".wal").unlink(missing_ok=True)
+    recorded_tmp = recorded.with_name(f".{recorded.name}.{os.getpid()}.tmp")
+    recorded_tmp.write_text(text, encoding="utf-8")
+    os.replace(recorded_tmp, recorded)
+    return True
 
 
 def _empty_samples() -> pl.DataFrame:
@@ -649,6 +686,6 @@ def _empty_aggregate(group_keys: list[str] | None) -> pl.DataFrame:
     if group_keys is None:
         schema.update({"series_id": pl.Int64, "tags": pl.String})
     else:
-        schema.update({k: pl.String for k in group_keys})
+        schema.update(dict.fromkeys(group_keys, pl.String))
     schema["value"] = pl.Float64
     return pl.DataFrame(schema=schema)

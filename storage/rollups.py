@@ -44,10 +44,14 @@ def counter_step(value: pl.Expr, previous: pl.Expr) -> pl.Expr:
 def build_rollup(samples: pl.DataFrame, width_seconds: int) -> pl.DataFrame:
     """Summarise samples (any order) into one row per (series, bucket of ``width_seconds``)."""
     width_us = width_seconds * 1_000_000
-    bucketed = samples.lazy().with_columns(
-        pl.col("metric").cast(pl.String),
-        ((pl.col("ts").dt.epoch("us") // width_us) * width_us).alias("_bucket"),
-    ).sort("series_id", "ts")
+    bucketed = (
+        samples.lazy()
+        .with_columns(
+            pl.col("metric").cast(pl.String),
+            ((pl.col("ts").dt.epoch("us") // width_us) * width_us).alias("_bucket"),
+        )
+        .sort("series_id", "ts")
+    )
     stepped = bucketed.with_columns(
         counter_step(pl.col("value"), pl.col("value").shift(1)).over("series_id", "_bucket").alias("_step")
     )

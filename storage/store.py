@@ -62,7 +62,9 @@ class MetricStore:
 
     def __init__(self, settings: Settings, *, read_only: bool = False) -> None:
         self.settings = settings
-        self.lake = Lake(settings.lake_dir, compression=settings.compression, compression_level=settings.compression_level)
+        self.lake = Lake(
+            settings.lake_dir, compression=settings.compression, compression_level=settings.compression_level
+        )
         self.engine = QueryEngine(self.lake, database_file=settings.duckdb_path)
         self.read_only = read_only
         self._writer: Writer | None = None
@@ -99,8 +101,13 @@ class MetricStore:
         return self._writer
 
     # -- ingest ------------------------------------------------------------------
-    def _now(self) -> datetime:
-        return datetime.now(UTC)
+    def _limits(self) -> dict[str, Any]:
+        """Validation limits for a batch arriving now."""
+        return {
+            "now": datetime.now(UTC),
+            "retention_days": self.settings.retention_days,
+            "max_future_seconds": self.settings.max_future_seconds,
+        }
 
     def store_batch(self, batch: SampleBatch, started: float) -> IngestResult:
         """Write a validated batch; the result carries its rejections."""
@@ -110,36 +117,19 @@ class MetricStore:
     def ingest_points(self, points: Iterable[MetricDataPoint | Mapping[str, Any]]) -> IngestResult:
         """Validate and store points (objects or the spec's JSON dicts)."""
         started = time.perf_counter()
-        batch = prepare_points(
-            points,
-            now=self._now(),
-            retention_days=self.settings.retention_days,
-            max_future_seconds=self.settings.max_future_seconds,
-        )
-        return self.store_batch(batch, started)
+        return self.store_batch(prepare_points(points, **self._limits()), started)
 
     def ingest_frame(self, frame: pl.DataFrame | pa.Table) -> IngestResult:
         """Validate and store a columnar frame (the bulk path)."""
         started = time.perf_counter()
-        batch = prepare_frame(
-            frame,
-            now=self._now(),
-            retention_days=self.settings.retention_days,
-            max_future_seconds=self.settings.max_future_seconds,
-        )
-        return self.store_batch(batch, started)
+        return self.store_batch(prepare_frame(frame, **self._limits()), started)
 
     def ingest_file(self, path: Path, progress: Callable[[int], None] | None = None) -> IngestResult:
         """Read, validate and store one file (CSV, Parquet, NDJSON or the spec's JSON batch)."""
         from metrics.files import read_file
 
         result = IngestResult()
-        for batch in read_file(
-            path,
-            now=self._now(),
-            retention_days=self.settings.retention_days,
-            max_future_seconds=self.settings.max_future_seconds,
-        ):
+        for batch in read_file(path, **self._limits()):
             started = time.perf_counter()
             part = self.store_batch(batch, started)
             result.merge(part)
@@ -195,7 +185,11 @@ class MetricStore:
 
     # -- maintenance --------------------------------------------------------------
     def compact(
-        self, days: Iterable[date] | None = None, *, validate: bool = True, progress: Callable[[date], None] | None = None
+        self,
+        days: Iterable[date] | None = None,
+        *,
+        validate: bool = True,
+        progress: Callable[[date], None] | None = None,
     ) -> list[CompactionResult]:
         """Compact day partitions, validate them and rebuild their rollups."""
         self.flush()

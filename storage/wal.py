@@ -84,8 +84,8 @@ class WriteAheadLog:
         self._seq += 1
         return self._seq
 
-    def append(self, table: pa.Table) -> None:
-        """Append ``table`` to the current segment and fsync; returns once durable."""
+    def append(self, table: pa.Table) -> int:
+        """Append ``table`` to the current segment and fsync; return the segment number once durable."""
         if self._stream is None:
             self._segment = self.next_seq()
             path = self.folder / segment_name(self._segment)
@@ -101,6 +101,8 @@ class WriteAheadLog:
             raise StorageError(f"cannot append to WAL {self.folder}: {exc.strerror or exc}") from exc
         self.rows_in_segment += table.num_rows
         self.bytes_in_segment = self._sink.tell()
+        assert self._segment is not None
+        return self._segment
 
     def seal(self) -> int | None:
         """Close the current segment; return its sequence number (None when empty)."""

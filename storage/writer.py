@@ -103,7 +103,7 @@ class Writer:
         self.writer_id = writer_id or new_writer_id()
         self.wal = WriteAheadLog(settings.wal_dir, self.writer_id, SAMPLE_SCHEMA)
         self.stats = WriterStats()
-        self._buffer: list[pl.DataFrame] = []
+        self._buffer: list[tuple[int, pl.DataFrame]] = []  # (WAL segment, rows appended to it)
         self._buffered_rows = 0
         self._buffer_since: float | None = None
         self._known_series: set[int] = set()
@@ -149,8 +149,8 @@ class Writer:
         if frame.height >= self.settings.batch_size:
             return self._write_direct(frame)
         with self._lock:
-            self.wal.append(frame.to_arrow())
-            self._buffer.append(frame)
+            seq = self.wal.append(frame.to_arrow())
+            self._buffer.append((seq, frame))
             self._buffered_rows += frame.height
             if self._buffer_since is None:
                 self._buffer_since = time.monotonic()
@@ -165,19 +165,28 @@ class Writer:
         return frame.height
 
     def flush(self) -> int:
-        """Write the buffer to the lake and drop its WAL segment; return rows flushed."""
+        """Write the buffer to the lake, one file set per WAL segment, dropping each segment after; return rows.
+
+        Rows of different segments never share a file, so replaying any segment
+        left behind by a crash rewrites exactly its own file (no duplicates). If
+        a commit fails, the rows stay buffered (and in the WAL) for the next flush.
+        """
         with self._lock:
             if not self._buffer:
                 return 0
-            frame = pl.concat(self._buffer, how="vertical")
-            seq = self.wal.seal()
-            assert seq is not None
-            self._commit(frame, seq)
-            self.wal.remove(seq)
-            self._buffer.clear()
-            self._buffered_rows = 0
+            self.wal.seal()
+            flushed = 0
+            while self._buffer:
+                seq = self._buffer[0][0]
+                frames = [frame for s, frame in self._buffer if s == seq]
+                frame = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+                self._commit(frame, seq)
+                self.wal.remove(seq)
+                self._buffer = [(s, f) for s, f in self._buffer if s != seq]
+                self._buffered_rows -= frame.height
+                flushed += frame.height
             self._buffer_since = None
-            return frame.height
+            return flushed
 
     def _flush_loop(self) -> None:
         period = max(self.settings.flush_seconds / 4, 0.05)
@@ -272,7 +281,7 @@ def _by_day(frame: pl.DataFrame) -> list[tuple[date, pl.DataFrame]]:
         assert isinstance(first, date)
         return [(first, frame)]
     parts = frame.with_columns(days.alias("_day")).partition_by("_day", as_dict=True, maintain_order=True)
-    return [(key[0], part.drop("_day")) for key, part in sorted(parts.items())]  # type: ignore[misc]
+    return [(key[0], part.drop("_day")) for key, part in sorted(parts.items(), key=lambda item: item[0])]
 
 
 def _remove_folder(folder: Path) -> None:

@@ -15,8 +15,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from metrics.settings import Settings  # noqa: E402
-from storage.store import MetricStore  # noqa: E402
+from metrics.settings import Settings
+from storage.store import MetricStore
 
 SAMPLE_INTERVAL = timedelta(seconds=10)
 

@@ -7,7 +7,9 @@ import sys
 
 
 def test_importing_the_model_does_not_import_the_system() -> None:
-    code = "import sys, metrics.model; print(any(m in sys.modules for m in ('duckdb', 'storage.query', 'metrics.system')))"
+    code = (
+        "import sys, metrics.model; print(any(m in sys.modules for m in ('duckdb', 'storage.query', 'metrics.system')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "False"
 
