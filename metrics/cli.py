@@ -26,17 +26,21 @@ from metrics.settings import Settings
 
 app = typer.Typer(
     name="metrics",
-    help="Metrics System: collect, store, query and analyse metrics of cryptographic-key infrastructure.",
+    help="Metrics System: collect, store, query and analyse metrics of cryptographic-key infrastructure.\n\n"
+    "Example: metrics query 'crypto.key.*' --since 1h --agg rate --interval 5m",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-bench_app = typer.Typer(help="Measure the system on this machine; `--json` prints one JSON object on the last line.")
+bench_app = typer.Typer(
+    help="Measure the system on this machine; `--json` prints one JSON object on the last line.\n\n"
+    "Example: metrics bench ingest --samples 10000000 --json"
+)
 app.add_typer(bench_app, name="bench")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class _State:
@@ -137,8 +141,10 @@ def ingest(
 
     Example: metrics ingest samples.csv batch.json events.ndjson.gz
     """
-    from metrics.files import count_rows_hint
+    from metrics.files import check_file, count_rows_hint
 
+    for path in files:  # refuse a bad file list before anything is stored
+        check_file(path)
     total_stored = 0
     with (
         open_store() as store,

@@ -127,8 +127,7 @@ def read_file(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     path = Path(path)
-    fmt = detect_format(path)
-    _check_readable(path)
+    fmt = check_file(path)
     limits = _Limits(now=now, retention_days=retention_days, max_future_seconds=max_future_seconds)
     with _reading(path):
         if fmt == "csv":
@@ -180,8 +179,9 @@ class _Limits:
 # --- errors -----------------------------------------------------------------
 
 
-def _check_readable(path: Path) -> None:
-    """Raise ValidationError naming ``path`` when it is missing, not a file or not readable."""
+def check_file(path: Path) -> str:
+    """Raise ValidationError naming ``path`` when it is missing, unreadable or of unknown format; return the format."""
+    fmt = detect_format(path)
     if not path.exists():
         raise ValidationError(f"{path}: no such file")
     if not path.is_file():
@@ -193,6 +193,7 @@ def _check_readable(path: Path) -> None:
         raise ValidationError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
     if path.name.lower().endswith(".gz") and magic and magic != _GZIP_MAGIC:
         raise ValidationError(f"{path}: cannot read file: not gzip compressed")
+    return fmt
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import pyarrow as pa
 
 from metrics.errors import ValidationError
 
-METRIC_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:]*$")
+METRIC_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:]*$")  # used with fullmatch: no trailing newline
 TAG_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.\-]*$")
 MAX_METRIC_LENGTH = 255
 MAX_TAGS = 32
@@ -116,7 +117,7 @@ def check_tags(tags: Mapping[str, Any]) -> str | None:
     if len(tags) > MAX_TAGS:
         return f"tags: {len(tags)} tags, at most {MAX_TAGS} allowed"
     for key, value in tags.items():
-        if not isinstance(key, str) or not TAG_KEY_RE.match(key):
+        if not isinstance(key, str) or not TAG_KEY_RE.fullmatch(key):
             return f"tags: key {key!r} must match {TAG_KEY_RE.pattern}"
         if len(key) > MAX_TAG_KEY_LENGTH:
             return f"tags: key {key[:20]!r}... longer than {MAX_TAG_KEY_LENGTH} characters"
@@ -504,7 +505,7 @@ def check_metric_name(metric: str | None) -> str | None:
         return "metric: missing"
     if len(metric) > MAX_METRIC_LENGTH:
         return f"metric: name longer than {MAX_METRIC_LENGTH} characters"
-    if not METRIC_NAME_RE.match(metric):
+    if not METRIC_NAME_RE.fullmatch(metric):
         return f"metric: name {metric[:40]!r} must match {METRIC_NAME_RE.pattern}"
     return None
 
@@ -612,14 +613,18 @@ _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 
 def parse_duration(text: str | int | float | timedelta) -> timedelta:
     """Parse ``30s``, ``5m``, ``1h``, ``90d``, ``2w`` (a bare number is seconds) into a timedelta."""
     if isinstance(text, timedelta):
-        return text
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return timedelta(seconds=float(text))
-    match = _DURATION_RE.match(str(text))
-    if not match:
-        raise ValidationError(f"duration: {text!r} is not a duration such as 30s, 5m, 1h, 7d or 2w")
-    number, unit = match.groups()
-    seconds = float(number) * _UNIT_SECONDS[unit or "s"]
-    if seconds <= 0:
-        raise ValidationError(f"duration: {text!r} must be positive")
-    return timedelta(seconds=seconds)
+        seconds = text.total_seconds()
+    elif isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION_RE.fullmatch(str(text))
+        if not match:
+            raise ValidationError(f"duration: {text!r} is not a duration such as 30s, 5m, 1h, 7d or 2w")
+        number, unit = match.groups()
+        seconds = float(number) * _UNIT_SECONDS[unit or "s"]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValidationError(f"duration: {text!r} must be a positive, finite length of time")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValidationError(f"duration: {text!r} is too long") from None

@@ -33,16 +33,16 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; expected a number > {minimum}") from None
-    if not value > minimum:
-        raise ConfigError(f"{name}={raw!r} is out of range; allowed: a number > {minimum}")
+        raise ConfigError(f"{name}={raw!r} is not a number; expected a number > {minimum} and <= {maximum}") from None
+    if not minimum < value <= maximum:
+        raise ConfigError(f"{name}={raw!r} is out of range; allowed: a number > {minimum} and <= {maximum}")
     return value
 
 
@@ -101,7 +101,7 @@ class Settings:
             storage_type=_choice(env, "METRICS_STORAGE_TYPE", "lake", STORAGE_TYPES),
             db_path=Path(env["METRICS_DB_PATH"]) if env.get("METRICS_DB_PATH") else None,
             batch_size=_int(env, "METRICS_BATCH_SIZE", 100_000, minimum=1),
-            flush_seconds=_float(env, "METRICS_FLUSH_SECONDS", 2.0, minimum=0.0),
+            flush_seconds=_float(env, "METRICS_FLUSH_SECONDS", 2.0, minimum=0.0, maximum=86_400.0),
             compression=_choice(env, "METRICS_COMPRESSION", "zstd", COMPRESSIONS),
             compression_level=_int(env, "METRICS_COMPRESSION_LEVEL", 3, minimum=1, maximum=22),
             retention_days=_int(env, "METRICS_RETENTION_DAYS", 90, minimum=1),

@@ -91,6 +91,10 @@ def _read_inputs(lake: Lake, day: date, inputs: list[LakeFile]) -> tuple[list[pl
     return frames, readable, corrupt
 
 
+def _rollups_match(lake: Lake, day: date, name: str) -> bool:
+    return all({f.name for f in lake.files(table, day, day)} == {name} for table in ROLLUP_TABLES)
+
+
 def needs_compaction(lake: Lake, day: date) -> bool:
     """True when a day has raw writer files or its rollups do not cover it."""
     files = lake.files("samples", day, day)
@@ -111,12 +115,31 @@ def compact_day(
     max_future_seconds: int = 600,
     force: bool = False,
 ) -> CompactionResult | None:
-    """Compact one day of ``samples`` and rebuild its rollups; None when there was nothing to do."""
+    """Compact one day of ``samples`` and rebuild its rollups; None when there was nothing to do.
+
+    Holds the lake's maintenance lock, so two compactions (or a compaction and
+    retention) never work on the same files at once.
+    """
+    with lake.maintenance():
+        return _compact_day(lake, day, wal_root, validate, now, max_future_seconds, force)
+
+
+def _compact_day(
+    lake: Lake,
+    day: date,
+    wal_root: Path,
+    validate: bool,
+    now: datetime | None,
+    max_future_seconds: int,
+    force: bool,
+) -> CompactionResult | None:
     if not force and not needs_compaction(lake, day):
         return None
     inputs, skipped = _pending_files(lake, wal_root, lake.files("samples", day, day))
     if not inputs:
         return None
+    if not force and len(inputs) == 1 and inputs[0].compacted and _rollups_match(lake, day, inputs[0].name):
+        return None  # only files still owned by a live writer are new: nothing to merge yet
     bytes_before = sum(f.path.stat().st_size for f in inputs)
     frames, inputs, corrupt = _read_inputs(lake, day, inputs)
     if not frames and not corrupt:
@@ -166,6 +189,11 @@ def compact_day(
 
 def compact_series(lake: Lake) -> int:
     """Merge the series catalog's files into one; return how many files were merged."""
+    with lake.maintenance():
+        return _compact_series(lake)
+
+
+def _compact_series(lake: Lake) -> int:
     files = lake.flat_files(SERIES_TABLE)
     if len(files) <= 1:
         return 0

@@ -55,8 +55,8 @@ def decimal_values(frame: pl.DataFrame) -> pl.DataFrame:
     finite = np.isfinite(values)
     for exponent, power in enumerate(_POWERS):
         candidate = np.zeros(len(values))
-        np.round(values * power, out=candidate)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow to inf: not exact
+            np.round(values * power, out=candidate)
             exact = (
                 finite
                 & (np.abs(candidate) < _EXACT_LIMIT)
@@ -76,10 +76,10 @@ def decimal_values(frame: pl.DataFrame) -> pl.DataFrame:
         .agg(pl.col("scale").min().alias("lowest"), pl.col("scale").max().alias("scale"))
     )
     joined = pl.DataFrame({"series_id": series}).join(per_series, on="series_id", how="left", maintain_order="left")
-    series_scale = np.maximum(joined.get_column("scale").to_numpy(), 0)
+    series_scale = np.maximum(joined.get_column("scale").to_numpy(), 0).astype(np.int64)
     candidate_rows = joined.get_column("lowest").to_numpy() >= 0
     with np.errstate(over="ignore", invalid="ignore"):
-        final = mantissa * (10 ** (series_scale - np.minimum(scale_of_row, series_scale))).astype(np.int64)
+        final = mantissa * 10 ** (series_scale - np.minimum(scale_of_row.astype(np.int64), series_scale))
         decoded = final.astype(np.float64) / np.asarray(_POWERS)[series_scale]
         row_ok = candidate_rows & (np.abs(final) < _EXACT_LIMIT) & (decoded == values)
     # A series is stored as integers only when every one of its rows decodes exactly.

@@ -103,7 +103,6 @@ def write_parquet(
     value_encoding: str | None = "BYTE_STREAM_SPLIT",
 ) -> int:
     """Write ``table`` atomically and durably to ``path``; return the file size in bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     names = set(table.column_names)
     encodings = {k: v for k, v in _ENCODINGS.items() if k in names and table.schema.field(k).type != pa.null()}
@@ -113,6 +112,7 @@ def write_parquet(
     codec = None if compression == "none" else compression
     level = compression_level if codec in ("zstd", "gzip") else None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             pq.write_table(
                 table,
@@ -145,11 +145,13 @@ class Lake:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"
         self._lock_path.touch(exist_ok=True)
+        self._maintenance_path = self.root / ".maintenance.lock"
+        self._maintenance_path.touch(exist_ok=True)
 
     # -- locking -----------------------------------------------------------
     @contextmanager
-    def _flock(self, mode: int) -> Iterator[None]:
-        handle = open(self._lock_path, "rb")
+    def _flock(self, mode: int, path: Path | None = None) -> Iterator[None]:
+        handle = open(path or self._lock_path, "rb")
         try:
             fcntl.flock(handle.fileno(), mode)
             yield
@@ -160,6 +162,10 @@ class Lake:
     def shared(self) -> AbstractContextManager[None]:
         """Hold while listing and reading files: no swap happens meanwhile."""
         return self._flock(fcntl.LOCK_SH)
+
+    def maintenance(self) -> AbstractContextManager[None]:
+        """Held by compaction and retention: they run one at a time across processes."""
+        return self._flock(fcntl.LOCK_EX, self._maintenance_path)
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Hold while replacing or deleting files: waits for readers to finish."""

@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from metrics.errors import QueryError
+from metrics.errors import QueryError, ValidationError
 from metrics.model import TAG_KEY_RE, parse_duration, to_utc
 from storage.encoding import VALUE_SQL
 from storage.lake import SERIES_TABLE, TABLES, Lake
@@ -82,7 +82,10 @@ def _json_path(key: str) -> str:
 
 def interval_seconds(interval: str | int | float | timedelta) -> int:
     """Whole seconds of an interval such as ``5m``; sub-second intervals are refused."""
-    seconds = parse_duration(interval).total_seconds()
+    try:
+        seconds = parse_duration(interval).total_seconds()
+    except ValidationError as exc:
+        raise QueryError(f"interval: {exc}") from None
     if seconds < 1 or seconds != int(seconds):
         raise QueryError(f"interval: {interval!r} must be a whole number of seconds (>= 1s)")
     return int(seconds)
@@ -114,7 +117,7 @@ class MetricFilter:
         """Validated (key, allowed values) pairs."""
         items: list[tuple[str, list[str]]] = []
         for key, value in (self.tags or {}).items():
-            if not TAG_KEY_RE.match(key):
+            if not TAG_KEY_RE.fullmatch(key):
                 raise QueryError(f"tags: key {key!r} must match {TAG_KEY_RE.pattern}")
             values = [value] if isinstance(value, str) else [str(v) for v in value]
             if not values:
@@ -390,7 +393,7 @@ class QueryEngine:
         flt = MetricFilter(pattern, tags)
         group_keys = list(group_by) if group_by is not None else None
         for key in group_keys or []:
-            if not TAG_KEY_RE.match(key):
+            if not TAG_KEY_RE.fullmatch(key):
                 raise QueryError(f"group_by: {key!r} is not a tag key")
         start_utc, end_utc = resolve_range(start, end)
         rng = _Range(_floor(start_utc, step), end_utc)
@@ -583,9 +586,13 @@ class QueryEngine:
         folder = self.lake.table_dir(table)
         if not folder.is_dir():
             return False
-        for partition in os.scandir(folder):
-            if partition.is_dir() and any(e.name.endswith(".parquet") for e in os.scandir(partition.path)):
-                return True
+        with os.scandir(folder) as partitions:
+            for partition in partitions:
+                if not partition.is_dir():
+                    continue
+                with os.scandir(partition.path) as entries:
+                    if any(e.name.endswith(".parquet") for e in entries):
+                        return True
         return False
 
     def view_statements(self) -> list[str]:

@@ -35,11 +35,12 @@ def cleanup(
     moment = now or datetime.now(UTC)
     cutoff = (moment - older_than).date()
     result = RetentionResult(cutoff=cutoff, archived=archive_dir is not None)
-    for table in (*TABLES, QUARANTINE):
-        for day in lake.partitions(table):
-            if day >= cutoff:
-                continue
-            result.partitions.append(f"{table}/date={day.isoformat()}")
-            if not dry_run:
-                result.bytes_freed += lake.drop_partition(table, day, archive_to=archive_dir)
+    with lake.maintenance():
+        for table in (*TABLES, QUARANTINE):
+            for day in lake.partitions(table):
+                if day >= cutoff:
+                    continue
+                result.partitions.append(f"{table}/date={day.isoformat()}")
+                if not dry_run:
+                    result.bytes_freed += lake.drop_partition(table, day, archive_to=archive_dir)
     return result

@@ -72,9 +72,9 @@ class MetricStore:
 
     # -- life cycle ------------------------------------------------------------
     def open(self, *, background_flush: bool = True) -> MetricStore:
-        """Recover interrupted swaps and dead writers' WALs; start this process's writer."""
+        """Recover interrupted swaps and dead writers' WALs; start this process's writer (once)."""
         self.lake.recover()
-        if not self.read_only:
+        if not self.read_only and self._writer is None:
             self._writer = Writer(self.settings, self.lake)
             self.recovery = self._writer.open(background_flush=background_flush)
         return self

@@ -189,9 +189,7 @@ def test_round_trip_in_chunks(tmp_path: Path, kind: str, chunk_rows: int) -> Non
 def test_csv_keeps_tag_text_and_strips_value(tmp_path: Path) -> None:
     path = write(
         tmp_path / "tags.csv",
-        "metric,timestamp,value,host,rack,port\n"
-        f'cpu,{iso_z(T_S)}, 1.5 ,007,"",8080\n'
-        f"cpu,{iso_z(T_S)},2,1.0,,\n",
+        f'metric,timestamp,value,host,rack,port\ncpu,{iso_z(T_S)}, 1.5 ,007,"",8080\ncpu,{iso_z(T_S)},2,1.0,,\n',
     )
     rows, rejected, _ = read_all(path)
     assert rejected == []
@@ -216,7 +214,11 @@ CSV_BAD_ROWS = [
         f"bad metric,{iso_z(T_S)},1,gauge,a",
         "metric: name 'bad metric' must match ^[a-zA-Z_][a-zA-Z0-9_.:]*$",
     ),
-    ("metric leading digit", f"9cpu,{iso_z(T_S)},1,gauge,a", "metric: name '9cpu' must match ^[a-zA-Z_][a-zA-Z0-9_.:]*$"),
+    (
+        "metric leading digit",
+        f"9cpu,{iso_z(T_S)},1,gauge,a",
+        "metric: name '9cpu' must match ^[a-zA-Z_][a-zA-Z0-9_.:]*$",
+    ),
     ("metric empty", f",{iso_z(T_S)},1,gauge,a", "metric: missing"),
     (
         "unknown type",
@@ -295,7 +297,10 @@ def csv_of_ten_rows() -> tuple[str, list[Rejection]]:
     return "\n".join(lines) + "\n", [Rejection(i, reason) for i, (_, _, reason) in sorted(bad.items())]
 
 
-@pytest.mark.parametrize(("name", "chunk_rows", "batches"), [("c.csv", 3, 4), ("c.csv.gz", 3, 4), ("c.csv", 1, 10), ("c.csv", 10, 1), ("c.csv", 4, 3)])
+@pytest.mark.parametrize(
+    ("name", "chunk_rows", "batches"),
+    [("c.csv", 3, 4), ("c.csv.gz", 3, 4), ("c.csv", 1, 10), ("c.csv", 10, 1), ("c.csv", 4, 3)],
+)
 def test_chunked_csv_gives_global_rejection_indices(tmp_path: Path, name: str, chunk_rows: int, batches: int) -> None:
     text, expected = csv_of_ten_rows()
     rows, rejected, count = read_all(write(tmp_path / name, text), chunk_rows=chunk_rows)
@@ -415,7 +420,9 @@ def test_empty_inputs_yield_nothing(tmp_path: Path) -> None:
 # --- whole-file errors -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["data.txt", "data", "data.xlsx", "data.parquet.gz", "data.pq.gz", "data.gz", "data.csv.zip"])
+@pytest.mark.parametrize(
+    "name", ["data.txt", "data", "data.xlsx", "data.parquet.gz", "data.pq.gz", "data.gz", "data.csv.zip"]
+)
 def test_unknown_extension(tmp_path: Path, name: str) -> None:
     path = write(tmp_path / name, "metric,timestamp,value\n")
     with pytest.raises(ValidationError, match=name.replace(".", r"\.")) as info:

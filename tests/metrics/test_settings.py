@@ -1,0 +1,216 @@
+"""Tests of metrics.settings: environment parsing, defaults, errors that say what is allowed, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metrics.errors import ConfigError
+from metrics.settings import Settings, get_settings
+
+ALL_VARIABLES = (
+    "METRICS_DATA_DIR",
+    "METRICS_STORAGE_TYPE",
+    "METRICS_DB_PATH",
+    "METRICS_BATCH_SIZE",
+    "METRICS_FLUSH_SECONDS",
+    "METRICS_COMPRESSION",
+    "METRICS_COMPRESSION_LEVEL",
+    "METRICS_RETENTION_DAYS",
+    "METRICS_ARCHIVE",
+    "METRICS_MAX_FUTURE_SECONDS",
+    "METRICS_API_HOST",
+    "METRICS_API_PORT",
+    "METRICS_PREFECT_PORT",
+    "LOG_LEVEL",
+    "SMTP_SERVER",
+    "SMTP_PORT",
+    "SMTP_USERNAME",
+    "SMTP_PASSWORD",
+    "SLACK_WEBHOOK_URL",
+)
+
+DEFAULTS: dict[str, Any] = {
+    "data_dir": Path("data"),
+    "storage_type": "lake",
+    "db_path": None,
+    "batch_size": 100_000,
+    "flush_seconds": 2.0,
+    "compression": "zstd",
+    "compression_level": 3,
+    "retention_days": 90,
+    "archive": False,
+    "max_future_seconds": 600,
+    "api_host": "127.0.0.1",
+    "api_port": 8080,
+    "prefect_port": 4200,
+    "log_level": "INFO",
+    "smtp_server": None,
+    "smtp_port": 25,
+    "smtp_username": None,
+    "smtp_password": None,
+    "slack_webhook_url": None,
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The process environment without any of the settings' variables."""
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("env", [{}, dict.fromkeys(ALL_VARIABLES, "")], ids=["unset", "empty"])
+def test_defaults(env: dict[str, str]) -> None:
+    settings = Settings.from_env(env)
+    for name, value in DEFAULTS.items():
+        assert getattr(settings, name) == value, name
+    assert settings == Settings()
+    assert settings.lake_dir == Path("data/lake")
+    assert settings.wal_dir == Path("data/wal")
+    assert settings.state_dir == Path("data/state")
+    assert settings.archive_dir == Path("data/archive")
+    assert settings.duckdb_path == Path("data/metrics.duckdb")
+
+
+def test_defaults_from_the_process_environment(clean_env: pytest.MonkeyPatch) -> None:
+    assert Settings.from_env() == Settings()
+    assert get_settings() == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "field", "value"),
+    [
+        ("METRICS_DATA_DIR", "/srv/metrics", "data_dir", Path("/srv/metrics")),
+        ("METRICS_STORAGE_TYPE", "LAKE", "storage_type", "lake"),
+        ("METRICS_DB_PATH", "/tmp/m.duckdb", "db_path", Path("/tmp/m.duckdb")),
+        ("METRICS_BATCH_SIZE", "1", "batch_size", 1),
+        ("METRICS_BATCH_SIZE", "250000", "batch_size", 250_000),
+        ("METRICS_FLUSH_SECONDS", "0.5", "flush_seconds", 0.5),
+        ("METRICS_FLUSH_SECONDS", "10", "flush_seconds", 10.0),
+        ("METRICS_COMPRESSION", "Snappy", "compression", "snappy"),
+        ("METRICS_COMPRESSION", "none", "compression", "none"),
+        ("METRICS_COMPRESSION_LEVEL", "22", "compression_level", 22),
+        ("METRICS_RETENTION_DAYS", "1", "retention_days", 1),
+        ("METRICS_RETENTION_DAYS", "365", "retention_days", 365),
+        ("METRICS_ARCHIVE", "true", "archive", True),
+        ("METRICS_ARCHIVE", "YES", "archive", True),
+        ("METRICS_ARCHIVE", "1", "archive", True),
+        ("METRICS_ARCHIVE", "on", "archive", True),
+        ("METRICS_ARCHIVE", "off", "archive", False),
+        ("METRICS_ARCHIVE", " False ", "archive", False),
+        ("METRICS_ARCHIVE", "0", "archive", False),
+        ("METRICS_MAX_FUTURE_SECONDS", "0", "max_future_seconds", 0),
+        ("METRICS_API_HOST", "0.0.0.0", "api_host", "0.0.0.0"),
+        ("METRICS_API_PORT", "1", "api_port", 1),
+        ("METRICS_API_PORT", "65535", "api_port", 65535),
+        ("METRICS_PREFECT_PORT", "4201", "prefect_port", 4201),
+        ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+        ("LOG_LEVEL", "Warning", "log_level", "WARNING"),
+        ("SMTP_SERVER", "smtp.example.org", "smtp_server", "smtp.example.org"),
+        ("SMTP_PORT", "587", "smtp_port", 587),
+        ("SMTP_USERNAME", "alerts", "smtp_username", "alerts"),
+        ("SMTP_PASSWORD", "pw", "smtp_password", "pw"),
+        ("SLACK_WEBHOOK_URL", "https://hooks.example/x", "slack_webhook_url", "https://hooks.example/x"),
+    ],
+)
+def test_good_values(name: str, raw: str, field: str, value: Any) -> None:
+    assert getattr(Settings.from_env({name: raw}), field) == value
+
+
+def test_db_path_overrides_the_database_file() -> None:
+    assert Settings.from_env({"METRICS_DB_PATH": "/x/views.duckdb"}).duckdb_path == Path("/x/views.duckdb")
+    assert Settings.from_env({"METRICS_DATA_DIR": "/d"}).duckdb_path == Path("/d/metrics.duckdb")
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "allowed"),
+    [
+        ("METRICS_BATCH_SIZE", "abc", ">= 1"),
+        ("METRICS_BATCH_SIZE", "0", ">= 1"),
+        ("METRICS_BATCH_SIZE", "-5", ">= 1"),
+        ("METRICS_BATCH_SIZE", "1.5", ">= 1"),
+        ("METRICS_RETENTION_DAYS", "-1", ">= 1"),
+        ("METRICS_RETENTION_DAYS", "0", ">= 1"),
+        ("METRICS_RETENTION_DAYS", "ninety", ">= 1"),
+        ("METRICS_COMPRESSION", "brotli", "zstd, snappy, gzip, lz4, none"),
+        ("METRICS_COMPRESSION_LEVEL", "23", "between 1 and 22"),
+        ("METRICS_COMPRESSION_LEVEL", "0", "between 1 and 22"),
+        ("METRICS_STORAGE_TYPE", "redis", "lake"),
+        ("METRICS_STORAGE_TYPE", "postgres", "lake"),
+        ("LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("LOG_LEVEL", "trace", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("METRICS_ARCHIVE", "maybe", "true, false"),
+        ("METRICS_ARCHIVE", "2", "true, false"),
+        ("METRICS_API_PORT", "70000", "between 1 and 65535"),
+        ("METRICS_API_PORT", "0", "between 1 and 65535"),
+        ("METRICS_API_PORT", "http", ">= 1"),
+        ("METRICS_PREFECT_PORT", "65536", "between 1 and 65535"),
+        ("SMTP_PORT", "-25", "between 1 and 65535"),
+        ("METRICS_FLUSH_SECONDS", "0", "> 0"),
+        ("METRICS_FLUSH_SECONDS", "-1", "> 0"),
+        ("METRICS_FLUSH_SECONDS", "soon", "> 0"),
+        ("METRICS_FLUSH_SECONDS", "nan", "> 0"),
+        ("METRICS_MAX_FUTURE_SECONDS", "-1", ">= 0"),
+    ],
+)
+def test_bad_values_name_the_variable_the_value_and_what_is_allowed(name: str, raw: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: raw})
+    message = str(caught.value)
+    assert name in message
+    assert repr(raw) in message
+    assert allowed in message
+
+
+def test_bad_value_from_the_process_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("METRICS_BATCH_SIZE", "abc")
+    with pytest.raises(ConfigError, match="METRICS_BATCH_SIZE='abc'"):
+        get_settings()
+
+
+def test_overrides_win_over_the_environment() -> None:
+    settings = Settings.from_env({"METRICS_BATCH_SIZE": "5", "METRICS_DATA_DIR": "/env"}, batch_size=7)
+    assert settings.batch_size == 7
+    assert settings.data_dir == Path("/env")
+    assert Settings.from_env({}, data_dir=Path("/o")).data_dir == Path("/o")
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.batch_size = 1  # type: ignore[misc]
+
+
+SECRETS = {
+    "SMTP_PASSWORD": "hunter2-Sup3r-S3cret",
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0000/B0000/XXXXsecretXXXX",
+}
+
+
+@pytest.mark.parametrize("source", ["mapping", "process"])
+def test_secrets_never_appear_in_repr(clean_env: pytest.MonkeyPatch, source: str) -> None:
+    env = {**SECRETS, "SMTP_SERVER": "smtp.example.org", "SMTP_USERNAME": "alerts"}
+    if source == "process":
+        for name, value in env.items():
+            clean_env.setenv(name, value)
+        settings = Settings.from_env()
+    else:
+        settings = Settings.from_env(env)
+    assert settings.smtp_password == SECRETS["SMTP_PASSWORD"]
+    assert settings.slack_webhook_url == SECRETS["SLACK_WEBHOOK_URL"]
+    for text in (repr(settings), str(settings), f"{settings}", f"{settings!r}"):
+        for secret in SECRETS.values():
+            assert secret not in text
+        assert "hunter2" not in text
+        assert "hooks.slack.com" not in text
+        assert "smtp.example.org" in text  # the rest of the repr is still there
+
+
+@pytest.mark.parametrize("raw", ["inf", "1e300"])
+def test_flush_seconds_must_be_finite(raw: str) -> None:
+    with pytest.raises(ConfigError, match="METRICS_FLUSH_SECONDS"):
+        Settings.from_env({"METRICS_FLUSH_SECONDS": raw})
