@@ -30,8 +30,8 @@ import polars as pl
 from rich.console import Console
 
 from metrics.settings import Settings
-from storage.query import connect
 from storage.store import MetricStore
+from storage.views import connect
 
 INTERVAL_S = 10
 # Share of series per kind in the ingest mix: counters, 2-decimal gauges, constants, noisy floats.

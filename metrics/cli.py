@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from metrics.errors import MetricsError, ValidationError
-from metrics.model import parse_duration, parse_timestamp
 from metrics.settings import Settings
+from metrics.timestamps import parse_duration, parse_timestamp
 
 app = typer.Typer(
     name="metrics",

@@ -16,7 +16,7 @@ objects given to the Python API are local time and converted to UTC; naive
 timestamps in files and frames are taken as UTC.
 
 This module is the bottom layer: it imports nothing else of the system but
-``metrics.errors``.
+``metrics.errors`` and ``metrics.timestamps`` (whose helpers it re-exports).
 """
 
 from __future__ import annotations
@@ -24,18 +24,25 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from metrics.errors import ValidationError
+from metrics.timestamps import (  # noqa: F401  (re-exported: the model's public time helpers)
+    TS_DTYPE,
+    TS_UNIT,
+    parse_duration,
+    parse_timestamp,
+    parse_timestamp_column,
+    to_utc,
+)
 
 METRIC_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:]*$")  # used with fullmatch: no trailing newline
 TAG_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.\-]*$")
@@ -43,9 +50,6 @@ MAX_METRIC_LENGTH = 255
 MAX_TAGS = 32
 MAX_TAG_KEY_LENGTH = 64
 MAX_TAG_VALUE_LENGTH = 256
-
-TS_UNIT: Literal["us"] = "us"
-TS_DTYPE = pl.Datetime(TS_UNIT, "UTC")
 
 
 class MetricType(enum.StrEnum):
@@ -103,13 +107,6 @@ def series_id(metric: str, tags: Mapping[str, str] | str) -> int:
     text = tags if isinstance(tags, str) else canonical_tags(tags)
     digest = hashlib.blake2b(f"{metric}\x1f{text}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
-
-
-def to_utc(moment: datetime) -> datetime:
-    """Convert a datetime to aware UTC; naive values are local time."""
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # interpret as local time
-    return moment.astimezone(UTC)
 
 
 def check_tags(tags: Mapping[str, Any]) -> str | None:
@@ -182,49 +179,6 @@ class MetricDataPoint:
             "timestamp": self.timestamp.isoformat(),
             "tags": dict(self.tags),
         }
-
-
-def parse_timestamp(value: Any) -> datetime:
-    """Parse ISO 8601 text or epoch seconds/milliseconds/microseconds into aware UTC."""
-    if isinstance(value, datetime):
-        return to_utc(value)
-    if isinstance(value, bool):
-        raise ValidationError(f"timestamp: expected ISO 8601 text or epoch number, got {value!r}")
-    if isinstance(value, int | float):
-        return _from_epoch(float(value))
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            pass
-        else:
-            return _from_epoch(number)
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationError(f"timestamp: {value!r} is not ISO 8601 or an epoch number") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    raise ValidationError(f"timestamp: expected ISO 8601 text or epoch number, got {type(value).__name__}")
-
-
-def _from_epoch(number: float) -> datetime:
-    try:
-        return datetime.fromtimestamp(_epoch_to_seconds(number), UTC)
-    except (OverflowError, OSError, ValueError):
-        raise ValidationError(f"timestamp: epoch {number!r} is out of range") from None
-
-
-def _epoch_to_seconds(number: float) -> float:
-    """Epoch seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude."""
-    magnitude = abs(number)
-    if magnitude >= 1e17:
-        return number / 1e9
-    if magnitude >= 1e14:
-        return number / 1e6
-    if magnitude >= 1e11:
-        return number / 1e3
-    return number
 
 
 @dataclass(frozen=True)
@@ -305,93 +259,6 @@ def _pick(columns: Sequence[str], aliases: Sequence[str], role: str, required: b
     if not found and required:
         raise ValidationError(f"{role}: missing column (one of {', '.join(aliases)})")
     return found[0] if found else None
-
-
-# ISO 8601 layouts parsed vectorised, most common first, and whether they carry
-# an offset; anything else falls back to metrics.model.parse_timestamp per
-# distinct text. A naive time is UTC.
-_ISO_LAYOUTS: tuple[tuple[str, bool], ...] = (
-    ("%Y-%m-%dT%H:%M:%S%.fZ", False),
-    ("%Y-%m-%dT%H:%M:%S%.f%z", True),
-    ("%Y-%m-%dT%H:%M:%S%.f", False),
-    ("%Y-%m-%d %H:%M:%S%.fZ", False),
-    ("%Y-%m-%d %H:%M:%S%.f%z", True),
-    ("%Y-%m-%d %H:%M:%S%.f", False),
-    ("%Y-%m-%d", False),
-)
-
-
-def _epoch(number: pl.Expr, *, integer: bool) -> pl.Expr:
-    """Epoch seconds/ms/us/ns (told apart by magnitude) as Datetime(us, UTC); out of range is null."""
-    magnitude = number.abs()
-    if integer:
-        micros = (
-            pl.when(magnitude >= 10**17)
-            .then(number // 1000)
-            .when(magnitude >= 10**14)
-            .then(number)
-            .when(magnitude >= 10**11)
-            .then(number * 1000)
-            .otherwise(number * 1_000_000)
-        )
-    else:
-        micros = (
-            pl.when(magnitude >= 1e17)
-            .then(number / 1e3)
-            .when(magnitude >= 1e14)
-            .then(number)
-            .when(magnitude >= 1e11)
-            .then(number * 1e3)
-            .otherwise(number * 1e6)
-            .round(0)
-        )
-    return micros.cast(pl.Int64, strict=False).cast(pl.Datetime(TS_UNIT)).dt.replace_time_zone("UTC")
-
-
-def parse_timestamp_column(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Turn a text or numeric timestamp column into Datetime(us, UTC); unparseable entries become null."""
-    dtype = frame.schema[column]
-    col = pl.col(column)
-    if dtype.is_integer():
-        return frame.with_columns(_epoch(col.cast(pl.Int64, strict=False), integer=True).alias(column))
-    if dtype.is_float() or dtype.is_decimal():
-        return frame.with_columns(_epoch(col.cast(pl.Float64), integer=False).alias(column))
-    if dtype not in (pl.String, pl.Categorical, pl.Null):
-        return frame  # datetimes and dates are metrics.model's business, as are wrong types
-    return frame.with_columns(_parse_text_series(frame.get_column(column).cast(pl.String)).alias(column))
-
-
-def _parse_text_series(texts: pl.Series) -> pl.Series:
-    """Parse epoch or ISO 8601 texts; each layout is tried only on the entries still unparsed."""
-    texts = texts.str.strip_chars()
-    numbers = texts.cast(pl.Float64, strict=False)
-    parsed = pl.select(_epoch(pl.lit(numbers), integer=False)).to_series()
-    todo = (texts.is_not_null() & numbers.is_null()).arg_true()
-    pending = texts.gather(todo)
-    for layout, aware in _ISO_LAYOUTS:
-        if pending.is_empty():
-            break
-        found = pending.str.to_datetime(layout, time_unit=TS_UNIT, strict=False)
-        found = found.dt.convert_time_zone("UTC") if aware else found.dt.replace_time_zone("UTC")
-        ok = found.is_not_null()
-        parsed = parsed.scatter(todo.filter(ok), found.filter(ok))
-        todo, pending = todo.filter(~ok), pending.filter(~ok)
-    if not pending.is_empty():  # rarer ISO 8601 forms: let Python parse each distinct text once
-        known = {text: _parse_text(text) for text in pending.unique().to_list()}
-        found = pending.replace_strict(
-            list(known), pl.Series(list(known.values()), dtype=TS_DTYPE), return_dtype=TS_DTYPE
-        )
-        ok = found.is_not_null()
-        parsed = parsed.scatter(todo.filter(ok), found.filter(ok))
-    return parsed
-
-
-def _parse_text(text: str) -> datetime | None:
-    """Python's reading of one timestamp text, or None when it is not one."""
-    try:
-        return parse_timestamp(text)
-    except (ValidationError, ValueError, OverflowError, OSError):
-        return None
 
 
 def normalise_frame(data: pl.DataFrame | pa.Table) -> pl.DataFrame:
@@ -575,14 +442,6 @@ def validate_frame(
     return SampleBatch(frame=good, rejected=rejected)
 
 
-def with_series_id(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add the ``series_id`` column to a frame with canonical ``tags``, hashing each series once."""
-    pairs = frame.select("metric", "tags").unique()
-    ids = [series_id(m, t) for m, t in pairs.iter_rows()]
-    lookup = pairs.with_columns(pl.Series("series_id", ids, dtype=pl.Int64))
-    return frame.join(lookup, on=["metric", "tags"], how="left", maintain_order="left")
-
-
 def prepare_frame(
     data: pl.DataFrame | pa.Table, *, now: datetime, retention_days: int, max_future_seconds: int = 600
 ) -> SampleBatch:
@@ -604,27 +463,3 @@ def prepare_points(
     batch = validate_frame(frame, now=now, retention_days=retention_days, max_future_seconds=max_future_seconds)
     batch.rejected = sorted(shape_errors + batch.rejected, key=lambda r: r.index)
     return batch
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: str | int | float | timedelta) -> timedelta:
-    """Parse ``30s``, ``5m``, ``1h``, ``90d``, ``2w`` (a bare number is seconds) into a timedelta."""
-    if isinstance(text, timedelta):
-        seconds = text.total_seconds()
-    elif isinstance(text, int | float) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION_RE.fullmatch(str(text))
-        if not match:
-            raise ValidationError(f"duration: {text!r} is not a duration such as 30s, 5m, 1h, 7d or 2w")
-        number, unit = match.groups()
-        seconds = float(number) * _UNIT_SECONDS[unit or "s"]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValidationError(f"duration: {text!r} must be a positive, finite length of time")
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise ValidationError(f"duration: {text!r} is too long") from None

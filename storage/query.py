@@ -4,10 +4,8 @@ Python callers get polars DataFrames. Each structured query lists the exact
 files it needs (only the days in range) under the lake's shared lock, so
 compaction can never make it fail or double count, and reads rollups for the
 days whose rollups cover all samples when the interval and aggregation allow.
-``sql()`` runs ad-hoc SQL over views named after the lake tables (``samples``,
-``series``, ``rollups_1m``, ``rollups_1h`` and, once they hold data,
-``anomalies``, ``forecasts``, ``alert_events``). The same views are written to
-a DuckDB database file so that ``duckdb data/metrics.duckdb`` works directly.
+``sql()`` runs ad-hoc SQL over the views of ``storage.views``, which are also
+kept in a DuckDB database file so that ``duckdb data/metrics.duckdb`` works.
 
 Metric patterns are globs (``crypto.key.*``); tag filters are equality (a
 list of values means any of them). Buckets are aligned to multiples of the
@@ -16,7 +14,6 @@ interval since the Unix epoch.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -30,50 +27,64 @@ import duckdb
 import polars as pl
 
 from metrics.errors import QueryError, ValidationError
-from metrics.model import TAG_KEY_RE, parse_duration, to_utc
-from storage.encoding import VALUE_SQL
+from metrics.model import TAG_KEY_RE
+from metrics.timestamps import parse_duration, to_utc
 from storage.lake import SERIES_TABLE, TABLES, Lake
 from storage.rollups import covered_days
+from storage.views import (
+    connect,
+    file_list,
+    samples_source,
+    sql_string,
+    table_has_files,
+    view_statements,
+    write_database_file,
+)
 
 AGGREGATIONS = ("avg", "min", "max", "sum", "count", "last", "rate", "increase", "p50", "p95", "p99")
 ROLLUP_AGGREGATIONS = frozenset({"avg", "min", "max", "sum", "count", "last", "rate", "increase"})
 PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 _GLOB_CHARS = re.compile(r"[*?\[]")
-US = 1_000_000
 
-SAMPLE_VIEW_COLUMNS = "metric VARCHAR, series_id BIGINT, ts TIMESTAMPTZ, value DOUBLE, type VARCHAR, tags VARCHAR"
-_EMPTY_SCHEMAS = {
-    "samples": SAMPLE_VIEW_COLUMNS + ", date DATE",
-    "series": "series_id BIGINT, metric VARCHAR, type VARCHAR, tags VARCHAR, first_seen TIMESTAMPTZ",
-    "rollups_1m": "metric VARCHAR, series_id BIGINT, ts TIMESTAMPTZ, count BIGINT, sum DOUBLE, min DOUBLE, "
-    "max DOUBLE, first DOUBLE, last DOUBLE, last_ts TIMESTAMPTZ, increase DOUBLE, date DATE",
+# Partial aggregates per series and bucket: how raw samples and rollup rows give
+# them, and how partials of a wider bucket combine (None: only used for stepping).
+_INCREASE_SQL = "sum(CASE WHEN d IS NULL THEN 0 WHEN d >= 0 THEN d ELSE value END)"
+_PARTIALS: dict[str, tuple[str, str, str | None]] = {
+    "n": ("count(*)", "count", "sum(n)"),
+    "s": ("sum(value)", "sum", "sum(s)"),
+    "lo": ("min(value)", "min", "min(lo)"),
+    "hi": ("max(value)", "max", "max(hi)"),
+    "first": ("arg_min(value, ts)", "first", None),
+    "last": ("arg_max(value, ts)", "last", "arg_max(last, last_ts)"),
+    "last_ts": ("max(ts)", "last_ts", "max(last_ts)"),
+    "inc": (_INCREASE_SQL, "increase", "sum(inc)"),
 }
-_EMPTY_SCHEMAS["rollups_1h"] = _EMPTY_SCHEMAS["rollups_1m"]
-
-
-def connect(database: str = ":memory:", *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection configured for the lake: built-in extensions only, UTC, metadata cache."""
-    config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": True}
-    if threads:
-        config["threads"] = threads
-    con = duckdb.connect(database, config=config)
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET parquet_metadata_cache = true")
-    return con
-
-
-def sql_string(text: str) -> str:
-    """Quote ``text`` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _file_list(paths: Sequence[Path | str]) -> str:
-    return "[" + ", ".join(sql_string(str(p)) for p in paths) + "]"
-
-
-def samples_source(files: Sequence[Path | str]) -> str:
-    """A subquery reading sample files with their values decoded (see ``storage.encoding``)."""
-    return f"(SELECT metric, series_id, ts, {VALUE_SQL} AS value, type, tags FROM read_parquet({_file_list(files)}))"
+# The partials each aggregation needs, and its final value per series and per group.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "avg": ("n", "s"),
+    "sum": ("s",),
+    "count": ("n",),
+    "min": ("lo",),
+    "max": ("hi",),
+    "last": ("last", "last_ts"),
+    "rate": ("first", "last", "last_ts", "inc"),
+    "increase": ("first", "last", "last_ts", "inc"),
+}
+_FINAL: dict[str, tuple[str, str]] = {
+    "avg": ("s / n", "sum(s) / sum(n)"),
+    "sum": ("s", "sum(s)"),
+    "count": ("n::DOUBLE", "sum(n)::DOUBLE"),
+    "min": ("lo", "min(lo)"),
+    "max": ("hi", "max(hi)"),
+    "last": ("last", "arg_max(last, last_ts)"),
+    "rate": ("inc / STEP", "sum(inc) / STEP"),
+    "increase": ("inc", "sum(inc)"),
+}
+# Rollups of a width pay off only over ranges long enough that raw samples of a
+# series span several row groups; shorter ranges read raw samples in one pass.
+ROLLUP_MIN_RANGE = {3600: timedelta(days=3), 60: timedelta(hours=6)}
+_EMPTY_CATALOG = "(SELECT NULL::BIGINT AS series_id, NULL::VARCHAR AS metric, NULL::VARCHAR AS tags WHERE false)"
+US = 1_000_000
 
 
 def _json_path(key: str) -> str:
@@ -213,7 +224,7 @@ class QueryEngine:
                     cursor.execute(
                         "CREATE OR REPLACE TABLE series_catalog AS SELECT series_id, any_value(metric) AS metric, "
                         "any_value(type) AS type, any_value(tags) AS tags "
-                        f"FROM read_parquet({_file_list(files)}) GROUP BY series_id"
+                        f"FROM read_parquet({file_list(files)}) GROUP BY series_id"
                     )
                 finally:
                     cursor.close()
@@ -367,7 +378,7 @@ class QueryEngine:
         group_by: Sequence[str] | None = None,
         tags: Mapping[str, str | Sequence[str]] | None = None,
         *,
-        use_rollups: bool = True,
+        use_rollups: bool | None = None,
     ) -> pl.DataFrame:
         """Aggregate matching series into time buckets.
 
@@ -381,7 +392,9 @@ class QueryEngine:
             group_by: ``None`` keeps one row per series; ``[]`` groups per metric; tag keys group
                 per metric and those tags (series lacking a tag form their own group with null).
             tags: tag equality filters.
-            use_rollups: read rollups where they cover the data (the default); False forces raw samples.
+            use_rollups: None (default) reads rollups where they cover the data and the range is long
+                enough to gain from them (6 h for 1-minute, 3 days for 1-hour rollups); True reads them
+                whenever possible; False reads raw samples only. The results are the same.
 
         Returns:
             Columns ``ts, metric``, then ``series_id, tags`` (per series) or the group-by tags, then ``value``.
@@ -414,17 +427,15 @@ class QueryEngine:
             return self._run(per_group_sql, params)
 
     def _partials_sql(
-        self, rng: _Range, step: int, where: str, params: list[Any], agg: str, use_rollups: bool
+        self, rng: _Range, step: int, where: str, params: list[Any], agg: str, use_rollups: bool | None
     ) -> tuple[str, list[Any]] | None:
         """SQL of per-series partial aggregates from rollups (covered days) and raw samples (the rest)."""
-        width = 0
-        if use_rollups and agg in ROLLUP_AGGREGATIONS and step % 60 == 0:
-            width = 3600 if step % 3600 == 0 else 60
+        width = _rollup_width(step, agg, rng, use_rollups)
         table = "rollups_1h" if width == 3600 else "rollups_1m"
         covered = covered_days(self.lake, table, rng.days) if width else set()
         grain = width or step
         tail_start = _floor(rng.end, width) if width else rng.end
-        need_steps = agg in ("rate", "increase")
+        columns = _NEEDS[agg]
         parts: list[str] = []
         all_params: list[Any] = []
 
@@ -437,100 +448,54 @@ class QueryEngine:
         for files, lo in ((raw_files, rng.start), (tail_files, max(tail_start, rng.start))):
             if not files:
                 continue
-            parts.append(self._raw_partial(files, grain, where, need_steps))
+            parts.append(_raw_partial(files, grain, where, columns))
             all_params += [*params, lo, rng.end]
         rollup_files = [f.path for d in sorted(covered) for f in self.lake.files(table, d, d)]
         if rollup_files and rng.start < tail_start:
+            selected = ", ".join(f"{_PARTIALS[c][1]} AS {c}" for c in columns)
             parts.append(
-                "SELECT series_id, any_value(metric) AS metric, epoch_us(ts) AS b, count AS n, sum AS s, min AS lo, "
-                "max AS hi, first, last, last_ts, increase AS inc "
-                f"FROM read_parquet({_file_list(rollup_files)}) WHERE {where} AND ts >= ? AND ts < ? "
-                "GROUP BY ALL"
+                f"SELECT series_id, epoch_us(ts) AS b, {selected} FROM read_parquet({file_list(rollup_files)}) "
+                f"WHERE {where} AND ts >= ? AND ts < ?"
             )
             all_params += [*params, rng.start, tail_start]
         if not parts:
             return None
         return " UNION ALL ".join(f"({p})" for p in parts), all_params
 
-    @staticmethod
-    def _raw_partial(files: list[Path], grain: int, where: str, need_steps: bool) -> str:
-        bucket = f"(epoch_us(ts) // {grain * US}) * {grain * US}"
-        source = samples_source(files)
-        if need_steps:
-            source = (
-                f"(SELECT metric, series_id, ts, value, {bucket} AS b, "
-                "value - lag(value) OVER (PARTITION BY series_id, " + bucket + " ORDER BY ts) AS d "
-                f"FROM {source} WHERE {where} AND ts >= ? AND ts < ?)"
-            )
-            increase = "sum(CASE WHEN d IS NULL THEN 0 WHEN d >= 0 THEN d ELSE value END)"
-            where_clause = ""
-            bucket = "b"
-        else:
-            increase = "0.0"
-            where_clause = f" WHERE {where} AND ts >= ? AND ts < ?"
-        return (
-            f"SELECT series_id, any_value(metric) AS metric, {bucket} AS b, count(*) AS n, sum(value) AS s, "
-            "min(value) AS lo, max(value) AS hi, arg_min(value, ts) AS first, arg_max(value, ts) AS last, "
-            f"max(ts) AS last_ts, {increase} AS inc FROM {source}{where_clause} GROUP BY series_id, b"
-        )
-
     def _combine_sql(
         self, partials: str, params: list[Any], step: int, agg: str, group_keys: list[str] | None
     ) -> tuple[str, list[Any]]:
         """SQL turning partials into one value per (bucket, series or group)."""
         step_us = step * US
-        if agg in ("rate", "increase"):
+        columns = _NEEDS[agg]
+        if "inc" in columns:
             # Add the step from each partial's previous ``last`` to its ``first`` (reset-aware).
-            boundary = (
-                "CASE WHEN lag(last) OVER w IS NULL THEN 0 WHEN first - lag(last) OVER w >= 0 "
-                "THEN first - lag(last) OVER w ELSE first END"
+            previous = "lag(last) OVER (PARTITION BY series_id ORDER BY b)"
+            partials = (
+                f"SELECT * REPLACE (inc + CASE WHEN {previous} IS NULL THEN 0 WHEN first - {previous} >= 0 "
+                f"THEN first - {previous} ELSE first END AS inc) FROM ({partials})"
             )
-            stepped = (
-                f"SELECT *, inc + {boundary} AS inc2 FROM ({partials}) WINDOW w AS (PARTITION BY series_id ORDER BY b)"
-            )
-        else:
-            stepped = f"SELECT *, inc AS inc2 FROM ({partials})"
+        combined = ", ".join(f"{_PARTIALS[c][2]} AS {c}" for c in columns if _PARTIALS[c][2])
         per_series = (
-            f"SELECT series_id, any_value(metric) AS metric, (b // {step_us}) * {step_us} AS bucket, sum(n) AS n, "
-            "sum(s) AS s, min(lo) AS lo, max(hi) AS hi, arg_max(last, last_ts) AS last, max(last_ts) AS last_ts, "
-            f"sum(inc2) AS inc FROM ({stepped}) GROUP BY series_id, bucket"
+            f"SELECT series_id, (b // {step_us}) * {step_us} AS bucket, {combined} "
+            f"FROM ({partials}) GROUP BY series_id, bucket"
         )
-        series_value = {
-            "avg": "s / n",
-            "min": "lo",
-            "max": "hi",
-            "sum": "s",
-            "count": "n::DOUBLE",
-            "last": "last",
-            "rate": f"inc / {float(step)}",
-            "increase": "inc",
-        }[agg]
-        group_value = {
-            "avg": "sum(s) / sum(n)",
-            "min": "min(lo)",
-            "max": "max(hi)",
-            "sum": "sum(s)",
-            "count": "sum(n)::DOUBLE",
-            "last": "arg_max(last, last_ts)",
-            "rate": f"sum(inc) / {float(step)}",
-            "increase": "sum(inc)",
-        }[agg]
+        series_value, group_value = _FINAL[agg]
+        series_value = series_value.replace("STEP", repr(float(step)))
+        group_value = group_value.replace("STEP", repr(float(step)))
         ts = "make_timestamp(bucket)::TIMESTAMPTZ"
+        catalog = self._series_source() or _EMPTY_CATALOG
         if group_keys is None:
-            catalog = self._series_source()
-            tags_sql = "c.tags" if catalog else "NULL::VARCHAR"
-            join = f" LEFT JOIN {catalog} c USING (series_id)" if catalog else ""
             text = (
-                f"SELECT {ts} AS ts, p.metric, p.series_id, {tags_sql} AS tags, {series_value} AS value "
-                f"FROM ({per_series}) p{join} ORDER BY p.metric, tags, ts"
+                f"SELECT {ts} AS ts, c.metric, p.series_id, c.tags, {series_value} AS value "
+                f"FROM ({per_series}) p LEFT JOIN {catalog} c USING (series_id) ORDER BY c.metric, c.tags, ts"
             )
             return text, params
         select_keys, group_cols = self._group_columns(group_keys)
-        catalog = self._series_source() or "(SELECT NULL::BIGINT AS series_id, NULL::VARCHAR AS tags)"
         text = (
-            f"SELECT {ts} AS ts, p.metric{select_keys}, {group_value} AS value "
+            f"SELECT {ts} AS ts, c.metric{select_keys}, {group_value} AS value "
             f"FROM ({per_series}) p LEFT JOIN {catalog} c USING (series_id) "
-            f"GROUP BY bucket, p.metric{group_cols} ORDER BY p.metric{group_cols}, ts"
+            f"GROUP BY bucket, c.metric{group_cols} ORDER BY c.metric{group_cols}, ts"
         )
         return text, params
 
@@ -580,60 +545,13 @@ class QueryEngine:
         with self.lake.shared():
             return self._run(text, params)
 
-    def _table_has_files(self, table: str) -> bool:
-        if table == SERIES_TABLE:
-            return bool(self.lake.flat_files(table))
-        folder = self.lake.table_dir(table)
-        if not folder.is_dir():
-            return False
-        with os.scandir(folder) as partitions:
-            for partition in partitions:
-                if not partition.is_dir():
-                    continue
-                with os.scandir(partition.path) as entries:
-                    if any(e.name.endswith(".parquet") for e in entries):
-                        return True
-        return False
-
-    def view_statements(self) -> list[str]:
-        """CREATE VIEW statements for every lake table (empty typed views where no files exist yet)."""
-        statements: list[str] = []
-        for table in (*TABLES, SERIES_TABLE):
-            if self._table_has_files(table):
-                if table == SERIES_TABLE:
-                    glob = str(self.lake.table_dir(table) / "*.parquet")
-                    body = (
-                        "SELECT series_id, any_value(metric) AS metric, any_value(type) AS type, "
-                        f"any_value(tags) AS tags, min(first_seen) AS first_seen FROM read_parquet({sql_string(glob)}) "
-                        "GROUP BY series_id"
-                    )
-                elif table == "samples":
-                    body = (
-                        f"SELECT metric, series_id, ts, {VALUE_SQL} AS value, type, tags, date "
-                        f"FROM read_parquet({sql_string(self.lake.glob(table))}, hive_partitioning = true)"
-                    )
-                else:
-                    body = (
-                        f"SELECT * FROM read_parquet({sql_string(self.lake.glob(table))}, "
-                        "hive_partitioning = true, union_by_name = true)"
-                    )
-            elif table in _EMPTY_SCHEMAS:
-                columns = ", ".join(
-                    f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in _EMPTY_SCHEMAS[table].split(", ")
-                )
-                body = f"SELECT {columns} WHERE false"
-            else:
-                continue
-            statements.append(f"CREATE OR REPLACE VIEW {table} AS {body}")
-        return statements
-
     def refresh_views(self, *, force: bool = False) -> None:
         """(Re)create the views when tables gained or lost their first file; rewrite the database file."""
-        signature = tuple(self._table_has_files(t) for t in (*TABLES, SERIES_TABLE))
+        signature = tuple(table_has_files(self.lake, t) for t in (*TABLES, SERIES_TABLE))
         with self._views_lock:
             if not force and signature == self._views_signature:
                 return
-            statements = self.view_statements()
+            statements = view_statements(self.lake)
             cursor = self._con.cursor()
             try:
                 for table in (*TABLES, SERIES_TABLE):
@@ -647,32 +565,31 @@ class QueryEngine:
                 write_database_file(self.database_file, statements)
 
 
-def write_database_file(path: Path, statements: list[str]) -> bool:
-    """Write a DuckDB database holding only the lake views (atomically replaced); False when already current.
+def _rollup_width(step: int, agg: str, rng: _Range, use_rollups: bool | None) -> int:
+    """Width (seconds) of the rollups to read for this query, or 0 for raw samples only.
 
-    The statements are remembered beside the file (``<name>.views.sql``), so
-    readers that find the same views leave the file alone.
+    ``use_rollups`` None picks rollups by the range's length; True uses them
+    whenever the interval and aggregation allow; False never.
     """
-    recorded = path.with_name(path.name + ".views.sql")
-    text = ";\n".join(statements) + ";\n"
-    if path.exists() and recorded.exists() and recorded.read_text(encoding="utf-8") == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    con = connect(str(tmp))
-    try:
-        for statement in statements:
-            con.execute(statement)
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    os.replace(tmp, path)
-    Path(str(tmp) + ".wal").unlink(missing_ok=True)
-    recorded_tmp = recorded.with_name(f".{recorded.name}.{os.getpid()}.tmp")
-    recorded_tmp.write_text(text, encoding="utf-8")
-    os.replace(recorded_tmp, recorded)
-    return True
+    if use_rollups is False or agg not in ROLLUP_AGGREGATIONS:
+        return 0
+    for width in (3600, 60):
+        if step % width == 0 and (use_rollups or rng.end - rng.start >= ROLLUP_MIN_RANGE[width]):
+            return width
+    return 0
+
+
+def _raw_partial(files: list[Path], grain: int, where: str, columns: tuple[str, ...]) -> str:
+    """SQL of partial aggregates per series and ``grain``-second bucket from raw samples."""
+    bucket = f"(epoch_us(ts) // {grain * US}) * {grain * US}"
+    source = (
+        f"(SELECT series_id, ts, value, {bucket} AS b FROM {samples_source(files)} "
+        f"WHERE {where} AND ts >= ? AND ts < ?)"
+    )
+    if "inc" in columns:
+        source = f"(SELECT *, value - lag(value) OVER (PARTITION BY series_id, b ORDER BY ts) AS d FROM {source})"
+    selected = ", ".join(f"{_PARTIALS[c][0]} AS {c}" for c in columns)
+    return f"SELECT series_id, b, {selected} FROM {source} GROUP BY series_id, b"
 
 
 def _empty_samples() -> pl.DataFrame:
