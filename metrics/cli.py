@@ -22,7 +22,7 @@ from rich.table import Table
 
 from metrics.errors import MetricsError, ValidationError
 from metrics.settings import Settings
-from metrics.timestamps import parse_duration, parse_timestamp
+from metrics.timestamps import looks_like_duration, parse_duration, parse_timestamp
 
 app = typer.Typer(
     name="metrics",
@@ -85,10 +85,9 @@ def parse_when(text: str | None, *, now: datetime) -> datetime | None:
     """A point in time: a duration ago (``1h``) or an absolute ISO 8601 / epoch timestamp."""
     if text is None:
         return None
-    try:
+    if looks_like_duration(text):
         return now - parse_duration(text)
-    except ValidationError:
-        return parse_timestamp(text)
+    return parse_timestamp(text)
 
 
 def parse_tags(items: list[str] | None) -> dict[str, list[str]] | None:
@@ -109,8 +108,13 @@ def emit(frame: pl.DataFrame, fmt: str) -> None:
     fmt = fmt.lower()
     if fmt == "csv":
         sys.stdout.write(frame.write_csv())
-    elif fmt == "json":
-        sys.stdout.write(json.dumps(frame.to_dicts(), default=_json_default) + "\n")
+    elif fmt == "json":  # NaN and infinities are not JSON: they print as null
+        finite = frame.with_columns(
+            pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None).alias(c)
+            for c, dtype in frame.schema.items()
+            if dtype.is_float()
+        )
+        sys.stdout.write(json.dumps(finite.to_dicts(), default=_json_default, allow_nan=False) + "\n")
     elif fmt == "table":
         table = Table(show_lines=False, header_style="bold")
         for name in frame.columns:

@@ -136,11 +136,23 @@ class MetricDataPoint:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metric_id, str):
+            raise ValidationError(f"metric_id: expected text, got {type(self.metric_id).__name__}")
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float):
+            raise ValidationError(f"value: expected a number, got {self.value!r}")
+        try:
+            self.value = float(self.value)
+        except OverflowError:
+            raise ValidationError(f"value: {self.value!r} is too large for a 64-bit float") from None
         self.metric_type = MetricType.parse(self.metric_type)
         if self.timestamp is None:
             self.timestamp = datetime.now(UTC)
         elif isinstance(self.timestamp, datetime):
             self.timestamp = to_utc(self.timestamp)
+        else:
+            self.timestamp = parse_timestamp(self.timestamp)
+        if self.tags is not None and not isinstance(self.tags, Mapping):
+            raise ValidationError(f"tags: expected an object of strings, got {type(self.tags).__name__}")
         self.tags = dict(self.tags or {})
 
     @classmethod
@@ -390,7 +402,9 @@ def _encode_tags(row: Mapping[str, Any], tag_columns: list[str]) -> tuple[str, s
                     value = json.loads(value) if value.strip() else {}
                 except json.JSONDecodeError:
                     return "", "tags: not a JSON object"
-            if isinstance(value, list):
+            if isinstance(value, list):  # Arrow map: a list of {"key", "value"} pairs
+                if not all(isinstance(item, Mapping) and {"key", "value"} <= set(item) for item in value):
+                    return "", "tags: a list of tags must hold {key, value} pairs"
                 value = {item["key"]: item["value"] for item in value}
             if not isinstance(value, Mapping):
                 return "", f"tags: expected an object, got {type(value).__name__}"

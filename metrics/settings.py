@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from metrics.errors import ConfigError
 
 STORAGE_TYPES = ("lake",)
+# Levels each codec accepts (snappy, lz4 and none ignore the level).
+COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9)}
+# The environment variable behind each setting, for error messages.
+ENV_NAMES = {
+    "data_dir": "METRICS_DATA_DIR",
+    "storage_type": "METRICS_STORAGE_TYPE",
+    "db_path": "METRICS_DB_PATH",
+    "batch_size": "METRICS_BATCH_SIZE",
+    "flush_seconds": "METRICS_FLUSH_SECONDS",
+    "compression": "METRICS_COMPRESSION",
+    "compression_level": "METRICS_COMPRESSION_LEVEL",
+    "retention_days": "METRICS_RETENTION_DAYS",
+    "archive": "METRICS_ARCHIVE",
+    "max_future_seconds": "METRICS_MAX_FUTURE_SECONDS",
+    "api_host": "METRICS_API_HOST",
+    "api_port": "METRICS_API_PORT",
+    "prefect_port": "METRICS_PREFECT_PORT",
+    "log_level": "LOG_LEVEL",
+    "smtp_port": "SMTP_PORT",
+}
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -68,6 +88,26 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean; allowed: true, false, 1, 0, yes, no, on, off")
 
 
+def _label(name: str) -> str:
+    env = ENV_NAMES.get(name)
+    return f"{env} ({name})" if env else name
+
+
+def _check_range(settings: Any, name: str, low: float, high: float | None, context: str = "") -> None:
+    value = getattr(settings, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ConfigError(f"{_label(name)}={value!r} is not a number")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low} to {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{_label(name)}={value!r} is out of range{context}; allowed: {allowed}")
+
+
+def _check_choice(settings: Any, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(settings, name)
+    if value not in allowed:
+        raise ConfigError(f"{_label(name)}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Build it with :meth:`Settings.from_env`."""
@@ -117,7 +157,25 @@ class Settings:
             smtp_password=env.get("SMTP_PASSWORD") or None,
             slack_webhook_url=env.get("SLACK_WEBHOOK_URL") or None,
         )
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {known}")
         return replace(settings, **overrides) if overrides else settings
+
+    def __post_init__(self) -> None:
+        """Check every value, however the settings were built (environment or keyword overrides)."""
+        _check_range(self, "batch_size", 1, None)
+        _check_range(self, "retention_days", 1, None)
+        _check_range(self, "max_future_seconds", 0, None)
+        _check_range(self, "flush_seconds", 0.001, 86_400)
+        for port in ("api_port", "prefect_port", "smtp_port"):
+            _check_range(self, port, 1, 65_535)
+        _check_choice(self, "storage_type", STORAGE_TYPES)
+        _check_choice(self, "compression", COMPRESSIONS)
+        _check_choice(self, "log_level", LOG_LEVELS)
+        low, high = COMPRESSION_LEVELS.get(self.compression, (1, 22))
+        _check_range(self, "compression_level", low, high, f" for {self.compression}")
 
     @property
     def lake_dir(self) -> Path:

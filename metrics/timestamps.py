@@ -19,6 +19,7 @@ from metrics.errors import ValidationError
 
 TS_UNIT: Literal["us"] = "us"
 TS_DTYPE = pl.Datetime(TS_UNIT, "UTC")
+MAX_DURATION_SECONDS = 100 * 366 * 86_400
 
 
 def to_utc(moment: datetime) -> datetime:
@@ -164,6 +165,12 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
+def looks_like_duration(text: str) -> bool:
+    """True for text shaped like a duration with a unit (``90d``, ``5m``), as opposed to a timestamp."""
+    match = _DURATION_RE.fullmatch(text)
+    return match is not None and match.group(2) is not None
+
+
 def parse_duration(text: str | int | float | timedelta) -> timedelta:
     """Parse ``30s``, ``5m``, ``1h``, ``90d``, ``2w`` (a bare number is seconds) into a timedelta."""
     if isinstance(text, timedelta):
@@ -178,6 +185,8 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
         seconds = float(number) * _UNIT_SECONDS[unit or "s"]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValidationError(f"duration: {text!r} must be a positive, finite length of time")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValidationError(f"duration: {text!r} is longer than 100 years")
     try:
         return timedelta(seconds=seconds)
     except OverflowError:

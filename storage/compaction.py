@@ -12,7 +12,6 @@ fail or double count. The series catalog's small files are merged the same way.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
 from metrics.model import POLARS_SAMPLE_SCHEMA, SAMPLE_COLUMNS, SORT_KEY
 from storage.encoding import decimal_values, decode_values
-from storage.lake import COMPACTED_PREFIX, QUARANTINE, SERIES_TABLE, Lake, LakeFile
+from storage.lake import COMPACTED_PREFIX, QUARANTINE, SERIES_TABLE, UNREADABLE_ERRORS, Lake, LakeFile
 from storage.rollups import ROLLUP_SCHEMA, ROLLUP_TABLES, build_rollup, covered_days, rollup_name
+from storage.series import catalog_table, read_catalog
 from storage.wal import segment_name
-from storage.writer import SERIES_SCHEMA, parse_sample_file_name
+from storage.writer import parse_sample_file_name
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +79,9 @@ def _read_inputs(lake: Lake, day: date, inputs: list[LakeFile]) -> tuple[list[pl
         try:
             frames.append(decode_values(pl.read_parquet(item.path)).select(SAMPLE_COLUMNS))
             readable.append(item)
-        except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
-            folder = lake.partition_dir(QUARANTINE, day)
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"corrupt-{item.name}"
-            os.replace(item.path, target)
-            target.with_name(target.name + ".reason.txt").write_text(f"{item.path}: {exc}\n", encoding="utf-8")
+        except UNREADABLE_ERRORS as exc:
+            lake.quarantine_file(item.path, "samples", exc, day)
             corrupt.append(f"{item.name}: {str(exc).splitlines()[0]}")
-            log.error("%s is unreadable (%s); moved to %s", item.path, exc, target)
     return frames, readable, corrupt
 
 
@@ -133,6 +127,7 @@ def _compact_day(
     max_future_seconds: int,
     force: bool,
 ) -> CompactionResult | None:
+    lake.recover()  # under the maintenance lock: a swap a dead compaction left half done
     if not force and not needs_compaction(lake, day):
         return None
     inputs, skipped = _pending_files(lake, wal_root, lake.files("samples", day, day))
@@ -194,18 +189,14 @@ def compact_series(lake: Lake) -> int:
 
 
 def _compact_series(lake: Lake) -> int:
+    lake.recover()
     files = lake.flat_files(SERIES_TABLE)
     if len(files) <= 1:
         return 0
-    catalog = (
-        pl.read_parquet([str(f) for f in files])
-        .group_by("series_id")
-        .agg(pl.col("metric").first(), pl.col("type").first(), pl.col("tags").first(), pl.col("first_seen").min())
-        .sort("metric", "series_id")
-    )
+    catalog = read_catalog(lake)
+    files = [f for f in files if f.exists()]  # read_catalog may have quarantined some
     name = f"{COMPACTED_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-    table = catalog.to_arrow().select(SERIES_SCHEMA.names).cast(SERIES_SCHEMA)
-    staged = lake.stage(SERIES_TABLE, None, table, name)
+    staged = lake.stage(SERIES_TABLE, None, catalog_table(catalog), name)
     lake.replace([staged], files)
     return len(files)
 

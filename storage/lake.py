@@ -20,8 +20,10 @@ storage without touching callers.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -32,10 +34,13 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metrics.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 TABLES = ("samples", "rollups_1m", "rollups_1h", "anomalies", "forecasts", "alert_events")
 SERIES_TABLE = "series"
@@ -48,7 +53,10 @@ COMPACTED_PREFIX = "c-"
 # ids are dictionary-coded (runs of one value cost a few bits).
 _DICTIONARY_COLUMNS = ["metric", "series_id", "type", "tags", "value_scale"]
 _ENCODINGS = {"ts": "DELTA_BINARY_PACKED", "value_int": "DELTA_BINARY_PACKED"}
-ROW_GROUP_SIZE = 131072
+ROW_GROUP_SIZE = 128 * 1024
+
+# What reading a damaged Parquet file raises (not transient I/O trouble such as EMFILE).
+UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (pa.ArrowInvalid, pl.exceptions.ComputeError)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,21 @@ def parse_partition(name: str) -> date | None:
         return None
 
 
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents, making each new directory entry durable."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(folder.parent)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -112,7 +135,7 @@ def write_parquet(
     codec = None if compression == "none" else compression
     level = compression_level if codec in ("zstd", "gzip") else None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         with open(tmp, "wb") as handle:
             pq.write_table(
                 table,
@@ -130,7 +153,8 @@ def write_parquet(
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path.stat().st_size
 
@@ -139,10 +163,10 @@ class Lake:
     """A folder of hive-partitioned Parquet tables with atomic commits and a swap lock."""
 
     def __init__(self, root: Path, *, compression: str = "zstd", compression_level: int = 3) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.compression = compression
         self.compression_level = compression_level
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.root)
         self._lock_path = self.root / ".lock"
         self._lock_path.touch(exist_ok=True)
         self._maintenance_path = self.root / ".maintenance.lock"
@@ -243,6 +267,7 @@ class Lake:
         interrupted swap, so a crash never leaves both the new and old files.
         """
         with self.exclusive():
+            self._recover_locked()  # a swap a dead process left half done comes first
             self._write_journal(new, old)
             self._apply(new, old)
             self._journal_path.unlink(missing_ok=True)
@@ -278,27 +303,33 @@ class Lake:
                 fsync_dir(folder)
 
     def recover(self) -> bool:
-        """Finish a swap interrupted by a crash; return True when there was one."""
+        """Finish a swap interrupted by a crash; return True when there was one. Cheap when there was none."""
         if not self._journal_path.exists():
             return False
         with self.exclusive():
-            try:
-                payload = json.loads(self._journal_path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                return False
-            if not self._journal_path.exists():
-                return False
-            new = [Path(p) for p in payload.get("new", [])]
-            old = [Path(p) for p in payload.get("old", [])]
-            finals = [p.with_name(p.name.removesuffix(TMP_SUFFIX)) for p in new]
-            if all(t.exists() or f.exists() for t, f in zip(new, finals, strict=True)):
-                self._apply(new, old)  # every new file is whole: roll forward
-            else:  # a new file is gone: keep the old files, drop the new ones
-                for tmp, final in zip(new, finals, strict=True):
-                    tmp.unlink(missing_ok=True)
-                    final.unlink(missing_ok=True)
+            return self._recover_locked()
+
+    def _recover_locked(self) -> bool:
+        """:meth:`recover` for a caller already holding the exclusive lock."""
+        try:
+            payload = json.loads(self._journal_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return False
+        except (OSError, json.JSONDecodeError):
+            # The journal itself is torn: it was being written, so no rename had happened yet.
             self._journal_path.unlink(missing_ok=True)
-            fsync_dir(self.root)
+            return False
+        new = [Path(p) for p in payload.get("new", [])]
+        old = [Path(p) for p in payload.get("old", [])]
+        finals = [p.with_name(p.name.removesuffix(TMP_SUFFIX)) for p in new]
+        if all(t.exists() or f.exists() for t, f in zip(new, finals, strict=True)):
+            self._apply(new, old)  # every new file is whole: roll forward
+        else:  # a new file is gone: keep the old files, drop the new ones
+            for tmp, final in zip(new, finals, strict=True):
+                tmp.unlink(missing_ok=True)
+                final.unlink(missing_ok=True)
+        self._journal_path.unlink(missing_ok=True)
+        fsync_dir(self.root)
         return True
 
     def stage(
@@ -312,16 +343,31 @@ class Lake:
         )
         return tmp
 
+    def quarantine_file(self, path: Path, table: str, error: BaseException, day: date | None = None) -> Path:
+        """Move an unreadable file out of its table into ``quarantine/`` with a note of why; return where."""
+        folder = self.partition_dir(QUARANTINE, day) if day is not None else self.table_dir(QUARANTINE) / table
+        ensure_dir(folder)
+        target = folder / f"corrupt-{path.name}"
+        # No swap lock: a reader that listed this file fails on it whether it is moved or not,
+        # and the query path may call this while it holds the shared lock.
+        os.replace(path, target)
+        fsync_dir(path.parent)
+        note = target.with_name(target.name + ".reason.txt")
+        note.write_text(f"{path}: {error}\n", encoding="utf-8")
+        fsync_dir(folder)
+        log.error("%s is unreadable (%s); moved to %s", path, str(error).splitlines()[0], target)
+        return target
+
     def drop_partition(self, table: str, day: date, archive_to: Path | None = None) -> int:
         """Delete (or move under ``archive_to``) one day of a table; return bytes freed."""
         folder = self.partition_dir(table, day)
-        if not folder.is_dir():
-            return 0
-        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         with self.exclusive():
+            if not folder.is_dir():
+                return 0
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
             if archive_to is not None:
                 target = archive_to / table / folder.name
-                target.parent.mkdir(parents=True, exist_ok=True)
+                ensure_dir(target.parent)
                 if target.exists():
                     for item in folder.iterdir():
                         os.replace(item, target / item.name)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -25,12 +26,14 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from metrics.errors import QueryError, ValidationError
 from metrics.model import TAG_KEY_RE
-from metrics.timestamps import parse_duration, to_utc
+from metrics.timestamps import parse_duration, parse_timestamp, to_utc
 from storage.lake import SERIES_TABLE, TABLES, Lake
 from storage.rollups import covered_days
+from storage.series import read_catalog
 from storage.views import (
     connect,
     file_list,
@@ -82,6 +85,7 @@ _FINAL: dict[str, tuple[str, str]] = {
 }
 # Rollups of a width pay off only over ranges long enough that raw samples of a
 # series span several row groups; shorter ranges read raw samples in one pass.
+_RESULT_COLUMNS = ("ts", "metric", "series_id", "tags", "value")
 ROLLUP_MIN_RANGE = {3600: timedelta(days=3), 60: timedelta(hours=6)}
 _EMPTY_CATALOG = "(SELECT NULL::BIGINT AS series_id, NULL::VARCHAR AS metric, NULL::VARCHAR AS tags WHERE false)"
 US = 1_000_000
@@ -126,14 +130,20 @@ class MetricFilter:
 
     def tag_items(self) -> list[tuple[str, list[str]]]:
         """Validated (key, allowed values) pairs."""
+        if self.tags is None:
+            return []
+        if not isinstance(self.tags, Mapping):
+            raise QueryError(f"tags: expected a mapping of tag key to value(s), got {type(self.tags).__name__}")
         items: list[tuple[str, list[str]]] = []
-        for key, value in (self.tags or {}).items():
-            if not TAG_KEY_RE.fullmatch(key):
+        for key, value in self.tags.items():
+            if not isinstance(key, str) or not TAG_KEY_RE.fullmatch(key):
                 raise QueryError(f"tags: key {key!r} must match {TAG_KEY_RE.pattern}")
-            values = [value] if isinstance(value, str) else [str(v) for v in value]
-            if not values:
-                raise QueryError(f"tags: no value given for {key!r}")
-            items.append((key, values))
+            raw = [value] if isinstance(value, str | int | float) and not isinstance(value, bool) else value
+            if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
+                raise QueryError(f"tags: value of {key!r} must be a string or a list of strings, got {value!r}")
+            if not raw or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in raw):
+                raise QueryError(f"tags: value of {key!r} must be a string or a non-empty list of strings")
+            items.append((key, [str(v) for v in raw]))
         return items
 
 
@@ -143,17 +153,41 @@ class _Range:
     end: datetime
 
     @property
-    def days(self) -> list[date]:
-        first, last = self.start.date(), (self.end - timedelta(microseconds=1)).date()
-        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    def first_day(self) -> date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        return (self.end - timedelta(microseconds=1)).date()
+
+    def days_in(self, lake: Lake, table: str = "samples") -> list[date]:
+        """Days of ``table`` that exist and overlap the range (never every calendar day of a long range)."""
+        return [d for d in lake.partitions(table) if self.first_day <= d <= self.last_day]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(value: datetime | str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return parse_timestamp(value)
+        except ValidationError as exc:
+            raise QueryError(f"{name}: {exc}") from None
+    if not isinstance(value, datetime):
+        raise QueryError(f"{name}: expected a datetime or ISO 8601 text, got {type(value).__name__}")
+    return to_utc(value)
 
 
 def resolve_range(
-    start: datetime | None, end: datetime | None, default: timedelta = timedelta(hours=1)
+    start: datetime | str | None, end: datetime | str | None, default: timedelta = timedelta(hours=1)
 ) -> tuple[datetime, datetime]:
-    """Aware UTC [start, end); end defaults to now, start to ``default`` before end."""
-    end_utc = to_utc(end) if end is not None else datetime.now(UTC)
-    start_utc = to_utc(start) if start is not None else end_utc - default
+    """Aware UTC [start, end); end defaults to now, start to ``default`` before end; nothing before 1970."""
+    end_utc = _moment(end, "end") or datetime.now(UTC)
+    start_utc = _moment(start, "start") or max(end_utc - default, EPOCH) if end_utc > EPOCH else EPOCH
+    start_utc = max(start_utc, EPOCH)
     if start_utc >= end_utc:
         raise QueryError(f"time range: start {start_utc.isoformat()} is not before end {end_utc.isoformat()}")
     return start_utc, end_utc
@@ -176,7 +210,8 @@ class QueryEngine:
     def __init__(self, lake: Lake, *, database_file: Path | None = None, threads: int | None = None) -> None:
         self.lake = lake
         self.database_file = database_file
-        self._con = connect(threads=threads)
+        self._con = connect(threads=threads)  # structured queries and the engine's own tables
+        self._sql_con = connect(threads=threads, sandbox=lake.root)  # ad-hoc SQL: only the views, only the lake
         self._views_signature: tuple[bool, ...] | None = None
         self._views_lock = threading.Lock()
         self._catalog_lock = threading.Lock()
@@ -184,48 +219,61 @@ class QueryEngine:
         self.last_query_seconds = 0.0
 
     def close(self) -> None:
-        """Close the DuckDB connection."""
+        """Close the DuckDB connections."""
         self._con.close()
+        self._sql_con.close()
 
     # -- low level -----------------------------------------------------------
-    def _run(self, text: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+    def _run(
+        self, text: str, params: Sequence[Any] | None = None, con: duckdb.DuckDBPyConnection | None = None
+    ) -> pl.DataFrame:
         started = time.perf_counter()
-        cursor = self._con.cursor()
+        cursor = (con or self._con).cursor()
         try:
-            result = cursor.sql(text, params=list(params or [])).pl()
-            result = result.with_columns(
+            result = cursor.sql(text, params=list(params or []))
+            if result is None:  # a statement without a result (DDL, SET, ...)
+                return pl.DataFrame()
+            frame = result.pl()
+            frame = frame.with_columns(
                 pl.col(name).dt.convert_time_zone("UTC")
-                for name, dtype in result.schema.items()
+                for name, dtype in frame.schema.items()
                 if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC")
             )
         except duckdb.Error as exc:
             raise QueryError(str(exc).split("\n")[0]) from None
+        except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            raise QueryError(f"the result cannot be returned as a table: {str(exc).splitlines()[0]}") from None
         finally:
             cursor.close()
             self.last_query_seconds = time.perf_counter() - started
-        return result
+        return frame
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the shared lock for a read, after finishing any swap a dead process left half done."""
+        self.lake.recover()
+        with self.lake.shared():
+            yield
 
     def _series_source(self) -> str | None:
         """Name of an in-memory table holding the series catalog, refreshed when its files change."""
-        files = self.lake.flat_files(SERIES_TABLE)
-        if not files:
-            return None
         signature = []
-        for path in files:
+        for path in self.lake.flat_files(SERIES_TABLE):
             try:
                 stat = path.stat()
             except FileNotFoundError:  # merged away by compaction meanwhile: read again
                 return self._series_source()
             signature.append((path.name, stat.st_size, stat.st_mtime_ns))
+        if not signature:
+            return None
         with self._catalog_lock:
             if signature != self._catalog_signature:
+                catalog = read_catalog(self.lake).select("series_id", "metric", "type", "tags").to_arrow()
                 cursor = self._con.cursor()
                 try:
-                    cursor.execute(
-                        "CREATE OR REPLACE TABLE series_catalog AS SELECT series_id, any_value(metric) AS metric, "
-                        "any_value(type) AS type, any_value(tags) AS tags "
-                        f"FROM read_parquet({file_list(files)}) GROUP BY series_id"
-                    )
+                    cursor.register("_catalog_rows", catalog)
+                    cursor.execute("CREATE OR REPLACE TABLE series_catalog AS SELECT * FROM _catalog_rows")
+                    cursor.unregister("_catalog_rows")
                 finally:
                     cursor.close()
                 self._catalog_signature = signature
@@ -280,8 +328,8 @@ class QueryEngine:
         """
         flt = MetricFilter(pattern, tags)
         rng = _Range(*resolve_range(start, end))
-        with self.lake.shared():
-            files = [f.path for f in self.lake.files("samples", rng.days[0], rng.days[-1])]
+        with self._reading():
+            files = [f.path for f in self.lake.files("samples", rng.first_day, rng.last_day)]
             ids = self._series_ids(flt)
             if not files or ids == []:
                 return _empty_samples()
@@ -316,7 +364,7 @@ class QueryEngine:
         """
         flt = MetricFilter(pattern, tags)
         now = datetime.now(UTC)
-        with self.lake.shared():
+        with self._reading():
             ids = self._series_ids(flt)
             if ids == []:
                 return _empty_samples()
@@ -356,16 +404,17 @@ class QueryEngine:
     def series(self, pattern: str = "*", tags: Mapping[str, str | Sequence[str]] | None = None) -> pl.DataFrame:
         """The series catalog rows (``series_id, metric, type, tags``) matching a filter."""
         flt = MetricFilter(pattern, tags)
-        source = self._series_source()
-        if source is None:
-            return pl.DataFrame(
-                schema={"series_id": pl.Int64, "metric": pl.String, "type": pl.String, "tags": pl.String}
+        with self._reading():
+            source = self._series_source()
+            if source is None:
+                return pl.DataFrame(
+                    schema={"series_id": pl.Int64, "metric": pl.String, "type": pl.String, "tags": pl.String}
+                )
+            ids = self._series_ids(flt)
+            where, params = self._where(flt, ids)
+            return self._run(
+                f"SELECT series_id, metric, type, tags FROM {source} WHERE {where} ORDER BY metric, tags", params
             )
-        ids = self._series_ids(flt)
-        where, params = self._where(flt, ids)
-        return self._run(
-            f"SELECT series_id, metric, type, tags FROM {source} WHERE {where} ORDER BY metric, tags", params
-        )
 
     # -- aggregation -------------------------------------------------------------
     def query_aggregated(
@@ -399,18 +448,24 @@ class QueryEngine:
         Returns:
             Columns ``ts, metric``, then ``series_id, tags`` (per series) or the group-by tags, then ``value``.
         """
-        agg = aggregation.lower()
+        agg = aggregation.lower() if isinstance(aggregation, str) else ""
         if agg not in AGGREGATIONS:
             raise QueryError(f"aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         step = interval_seconds(interval)
         flt = MetricFilter(pattern, tags)
+        if isinstance(group_by, str):
+            raise QueryError(f"group_by: expected a list of tag keys, got the text {group_by!r}")
         group_keys = list(group_by) if group_by is not None else None
         for key in group_keys or []:
-            if not TAG_KEY_RE.fullmatch(key):
+            if not isinstance(key, str) or not TAG_KEY_RE.fullmatch(key):
                 raise QueryError(f"group_by: {key!r} is not a tag key")
+            if key in _RESULT_COLUMNS:
+                raise QueryError(f"group_by: {key!r} clashes with a result column ({', '.join(_RESULT_COLUMNS)})")
+        if group_keys is not None and len(set(group_keys)) != len(group_keys):
+            raise QueryError(f"group_by: {group_keys} names a tag twice")
         start_utc, end_utc = resolve_range(start, end)
         rng = _Range(_floor(start_utc, step), end_utc)
-        with self.lake.shared():
+        with self._reading():
             ids = self._series_ids(flt)
             if ids == []:
                 return _empty_aggregate(group_keys)
@@ -424,7 +479,8 @@ class QueryEngine:
                 per_group_sql, params = self._combine_sql(partials[0], partials[1], step, agg, group_keys)
             if per_group_sql is None:
                 return _empty_aggregate(group_keys)
-            return self._run(per_group_sql, params)
+            result = self._run(per_group_sql, params)
+        return result.rename({f"_g{i}": key for i, key in enumerate(group_keys or [])})
 
     def _partials_sql(
         self, rng: _Range, step: int, where: str, params: list[Any], agg: str, use_rollups: bool | None
@@ -432,14 +488,15 @@ class QueryEngine:
         """SQL of per-series partial aggregates from rollups (covered days) and raw samples (the rest)."""
         width = _rollup_width(step, agg, rng, use_rollups)
         table = "rollups_1h" if width == 3600 else "rollups_1m"
-        covered = covered_days(self.lake, table, rng.days) if width else set()
+        days = rng.days_in(self.lake)
+        covered = covered_days(self.lake, table, days) if width else set()
         grain = width or step
         tail_start = _floor(rng.end, width) if width else rng.end
         columns = _NEEDS[agg]
         parts: list[str] = []
         all_params: list[Any] = []
 
-        raw_days = [d for d in rng.days if d not in covered]
+        raw_days = [d for d in days if d not in covered]
         raw_files = [f.path for d in raw_days for f in self.lake.files("samples", d, d)]
         if covered and tail_start < rng.end and tail_start.date() in covered:
             tail_files = [f.path for f in self.lake.files("samples", tail_start.date(), tail_start.date())]
@@ -501,14 +558,17 @@ class QueryEngine:
 
     @staticmethod
     def _group_columns(group_keys: list[str]) -> tuple[str, str]:
-        select = "".join(f', json_extract_string(c.tags, {sql_string(_json_path(k))}) AS "{k}"' for k in group_keys)
-        group = "".join(f', "{k}"' for k in group_keys)
+        """SELECT and GROUP BY fragments for tag keys, under internal names (``_g0``, ...)."""
+        select = "".join(
+            f", json_extract_string(c.tags, {sql_string(_json_path(k))}) AS _g{i}" for i, k in enumerate(group_keys)
+        )
+        group = "".join(f", _g{i}" for i in range(len(group_keys)))
         return select, group
 
     def _percentile_sql(
         self, rng: _Range, step: int, where: str, params: list[Any], agg: str, group_keys: list[str] | None
     ) -> tuple[str | None, list[Any]]:
-        files = [f.path for f in self.lake.files("samples", rng.days[0], rng.days[-1])]
+        files = [f.path for f in self.lake.files("samples", rng.first_day, rng.last_day)]
         if not files:
             return None, params
         q = PERCENTILES[agg]
@@ -542,8 +602,8 @@ class QueryEngine:
         if not text or not text.strip():
             raise QueryError("sql: empty statement")
         self.refresh_views()
-        with self.lake.shared():
-            return self._run(text, params)
+        with self._reading():
+            return self._run(text, params, con=self._sql_con)
 
     def refresh_views(self, *, force: bool = False) -> None:
         """(Re)create the views when tables gained or lost their first file; rewrite the database file."""
@@ -552,12 +612,19 @@ class QueryEngine:
             if not force and signature == self._views_signature:
                 return
             statements = view_statements(self.lake)
-            cursor = self._con.cursor()
-            try:
-                for table in (*TABLES, SERIES_TABLE):
-                    cursor.execute(f"DROP VIEW IF EXISTS {table}")
+            cursor = self._sql_con.cursor()
+            try:  # one transaction: concurrent sql() calls see the old views or the new ones
+                cursor.execute("BEGIN TRANSACTION")
+                defined = {name for (name,) in cursor.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+                created = {statement.split()[4] for statement in statements}
+                for table in sorted(defined & {*TABLES, SERIES_TABLE} - created):
+                    cursor.execute(f"DROP VIEW {table}")  # its table lost its last file
                 for statement in statements:
                     cursor.execute(statement)
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
             finally:
                 cursor.close()
             self._views_signature = signature

@@ -36,6 +36,7 @@ def cleanup(
     cutoff = (moment - older_than).date()
     result = RetentionResult(cutoff=cutoff, archived=archive_dir is not None)
     with lake.maintenance():
+        lake.recover()
         for table in (*TABLES, QUARANTINE):
             for day in lake.partitions(table):
                 if day >= cutoff:

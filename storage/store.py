@@ -7,6 +7,7 @@ and Prefect tasks all call these methods; nothing is implemented twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,16 +69,25 @@ class MetricStore:
         self.engine = QueryEngine(self.lake, database_file=settings.duckdb_path)
         self.read_only = read_only
         self._writer: Writer | None = None
+        self._writer_lock = threading.Lock()
         self.recovery = RecoveryReport()
 
     # -- life cycle ------------------------------------------------------------
     def open(self, *, background_flush: bool = True) -> MetricStore:
         """Recover interrupted swaps and dead writers' WALs; start this process's writer (once)."""
         self.lake.recover()
-        if not self.read_only and self._writer is None:
-            self._writer = Writer(self.settings, self.lake)
-            self.recovery = self._writer.open(background_flush=background_flush)
+        if not self.read_only:
+            self._open_writer(background_flush)
         return self
+
+    def _open_writer(self, background_flush: bool = True) -> Writer:
+        with self._writer_lock:
+            if self._writer is None:
+                # Each commit may give a table its first file: keep the views (and metrics.duckdb) current.
+                writer = Writer(self.settings, self.lake, on_commit=self.engine.refresh_views)
+                self.recovery = writer.open(background_flush=background_flush)
+                self._writer = writer
+            return self._writer
 
     def close(self) -> None:
         """Flush and release the writer; close the engine."""
@@ -95,10 +105,7 @@ class MetricStore:
     @property
     def writer(self) -> Writer:
         """This process's writer (opened lazily for read-only stores that start writing)."""
-        if self._writer is None:
-            self._writer = Writer(self.settings, self.lake)
-            self.recovery = self._writer.open()
-        return self._writer
+        return self._writer if self._writer is not None else self._open_writer()
 
     # -- ingest ------------------------------------------------------------------
     def _limits(self) -> dict[str, Any]:

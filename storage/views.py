@@ -34,14 +34,25 @@ _EMPTY_SCHEMAS = {
 _EMPTY_SCHEMAS["rollups_1h"] = _EMPTY_SCHEMAS["rollups_1m"]
 
 
-def connect(database: str = ":memory:", *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection configured for the lake: built-in extensions only, UTC, metadata cache."""
-    config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": True}
+def connect(
+    database: str = ":memory:", *, threads: int | None = None, sandbox: Path | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the lake: built-in extensions only (parquet, json, icu), UTC, metadata cache.
+
+    With ``sandbox`` the connection may touch files under that folder only and
+    its configuration is locked: what ad-hoc SQL runs on (no network, no other
+    files, no extension loading).
+    """
+    config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     if threads:
         config["threads"] = threads
     con = duckdb.connect(database, config=config)
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET parquet_metadata_cache = true")
+    if sandbox is not None:
+        con.execute(f"SET allowed_directories = [{sql_string(str(sandbox) + os.sep)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
 
 

@@ -1,13 +1,19 @@
-"""Per-process write-ahead log: Arrow IPC segments, fsynced before a batch is acknowledged.
+"""Per-process write-ahead log: checksummed segments, fsynced before a batch is acknowledged.
 
-Layout: ``<wal_root>/<writer_id>/LOCK`` plus segments ``<seq>.arrow``. The
+Layout: ``<wal_root>/<writer_id>/LOCK`` plus segments ``<seq>.wal``. The
 owning process holds an exclusive ``flock`` on ``LOCK`` for its lifetime, so
 a folder whose lock can be taken belongs to a dead process (kill -9 included)
-and is replayed by the next writer that starts.
+and is replayed by the next writer that starts. A writer builds its folder
+under a hidden temporary name, locks it, and only then renames it into place,
+so a recovering writer never mistakes a folder being born for a dead one.
 
-A segment is one Arrow IPC stream; each append is one record batch followed
-by ``fsync``. A crash mid-append leaves a torn tail: replay reads every whole
-batch and reports the torn remainder instead of failing.
+A segment starts with a magic line; each append is one frame: the payload's
+length and CRC-32 (little-endian uint32 each), then the payload, a
+self-contained Arrow IPC stream of the batch. Replay trusts only frames whose
+checksum matches, so a torn tail (crash mid-append) or flipped bits end the
+segment's good part with a reported error instead of garbage or a crash. A
+failed append is cut off again (truncate, fsync) so later appends stay
+readable.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import fcntl
 import logging
 import os
 import shutil
+import struct
+import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +33,29 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from metrics.errors import StorageError
-from storage.lake import fsync_dir
+from storage.lake import ensure_dir, fsync_dir
 
 log = logging.getLogger(__name__)
 
-SEGMENT_SUFFIX = ".arrow"
+SEGMENT_SUFFIX = ".wal"
 LOCK_NAME = "LOCK"
+MAGIC = b"METRICS-WAL 1\n"
+_FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
+_STARTING_PREFIX = ".starting-"
 
 
 def segment_name(seq: int) -> str:
     """File name of segment number ``seq``."""
     return f"{seq:012d}{SEGMENT_SUFFIX}"
+
+
+def encode_frame(table: pa.Table) -> bytes:
+    """One WAL frame holding ``table``."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    payload = sink.getvalue().to_pybytes()
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 @dataclass
@@ -58,7 +79,6 @@ class WriteAheadLog:
     _seq: int = 0
     _segment: int | None = None
     _sink: BinaryIO | None = field(default=None, repr=False)
-    _stream: pa.ipc.RecordBatchStreamWriter | None = field(default=None, repr=False)
     _lock: BinaryIO | None = field(default=None, repr=False)
     rows_in_segment: int = 0
     bytes_in_segment: int = 0
@@ -68,16 +88,54 @@ class WriteAheadLog:
         """This writer's WAL folder."""
         return self.root / self.writer_id
 
-    def open(self) -> None:
-        """Create the folder and take its lock for this process's lifetime."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / LOCK_NAME, "ab")
+    def open(self, *, first_seq: int = 0) -> None:
+        """Create and lock this writer's folder; sequence numbers continue after ``first_seq``.
+
+        Raises StorageError when a folder of this id is alive or still holds
+        segments (they must be replayed by a writer with another id first).
+        """
+        ensure_dir(self.root)
+        starting = self.root / f"{_STARTING_PREFIX}{self.writer_id}-{uuid.uuid4().hex[:8]}"
+        starting.mkdir()
+        lock = open(starting / LOCK_NAME, "ab")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # new inode: cannot be held by anyone
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise StorageError(f"WAL folder {self.folder} is locked by another process") from None
+            self._take_place(starting)
+        except BaseException:
+            lock.close()
+            shutil.rmtree(starting, ignore_errors=True)
+            raise
         fsync_dir(self.root)
+        self._lock = lock
+        self._seq = first_seq
+
+    def _take_place(self, starting: Path) -> None:
+        """Rename the locked starting folder into place, clearing a dead, empty predecessor of this id."""
+        try:
+            os.rename(starting, self.folder)
+            return
+        except OSError:
+            pass
+        previous = _open_existing_lock(self.folder)
+        try:
+            if previous is not None:
+                try:
+                    fcntl.flock(previous.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StorageError(f"WAL folder {self.folder} is in use by another live writer") from None
+            if segments(self.folder):
+                raise StorageError(
+                    f"WAL folder {self.folder} holds unreplayed segments of an earlier writer with this id; "
+                    "start the writer with another id so it replays them"
+                )
+            shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            if previous is not None:
+                previous.close()
+        try:
+            os.rename(starting, self.folder)
+        except OSError as exc:
+            raise StorageError(f"WAL folder {self.folder} is in use by another writer: {exc.strerror}") from exc
 
     def next_seq(self) -> int:
         """Reserve a sequence number (segments and direct file writes share one counter)."""
@@ -86,34 +144,56 @@ class WriteAheadLog:
 
     def append(self, table: pa.Table) -> int:
         """Append ``table`` to the current segment and fsync; return the segment number once durable."""
-        if self._stream is None:
+        frame = encode_frame(table.cast(self.schema))
+        if self._sink is None:
             self._segment = self.next_seq()
             path = self.folder / segment_name(self._segment)
-            self._sink = open(path, "wb")
-            self._stream = pa.ipc.new_stream(self._sink, self.schema)
-            fsync_dir(self.folder)
+            try:
+                self._sink = open(path, "wb")
+                self._sink.write(MAGIC)
+                self._sink.flush()
+                os.fsync(self._sink.fileno())
+                fsync_dir(self.folder)
+            except OSError as exc:
+                self._abandon(0)
+                raise StorageError(f"cannot create WAL segment {path}: {exc.strerror or exc}") from exc
+        assert self._sink is not None
+        assert self._segment is not None
+        start = self._sink.tell()
         try:
-            self._stream.write_table(table.cast(self.schema))
-            assert self._sink is not None
+            self._sink.write(frame)
             self._sink.flush()
             os.fsync(self._sink.fileno())
         except OSError as exc:
+            self._abandon(start)
             raise StorageError(f"cannot append to WAL {self.folder}: {exc.strerror or exc}") from exc
         self.rows_in_segment += table.num_rows
         self.bytes_in_segment = self._sink.tell()
-        assert self._segment is not None
         return self._segment
 
+    def _abandon(self, keep_bytes: int) -> None:
+        """After a failed write: cut the segment back to its last whole frame and start a new one next time."""
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        try:
+            sink.truncate(keep_bytes)
+            sink.flush()
+            os.fsync(sink.fileno())
+        except OSError:
+            log.exception("could not cut back WAL segment %s; replay will stop at the bad frame", sink.name)
+        finally:
+            sink.close()
+        # The segment keeps its number: its rows stay buffered and are flushed under it.
+        self.rows_in_segment = 0
+        self.bytes_in_segment = 0
+
     def seal(self) -> int | None:
-        """Close the current segment; return its sequence number (None when empty)."""
-        if self._stream is None:
-            return None
-        self._stream.close()
-        assert self._sink is not None
-        self._sink.close()
+        """Close the current segment; return its sequence number (None when there is none)."""
         sealed, self._segment = self._segment, None
-        self._stream = None
-        self._sink = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
         self.rows_in_segment = 0
         self.bytes_in_segment = 0
         return sealed
@@ -126,8 +206,9 @@ class WriteAheadLog:
     def close(self, remove_folder: bool = True) -> None:
         """Release the lock; remove the folder when no segment is left."""
         self.seal()
-        if remove_folder and not any(self.folder.glob(f"*{SEGMENT_SUFFIX}")):
+        if remove_folder and self.folder.is_dir() and not segments(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
+            fsync_dir(self.root)
         if self._lock is not None:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
@@ -135,46 +216,90 @@ class WriteAheadLog:
 
 
 def read_segment(path: Path, schema: pa.Schema) -> ReplayedSegment:
-    """Read every whole record batch of a segment, reporting a torn or corrupt tail."""
+    """Read every whole, checksum-verified batch of a segment, reporting a torn or corrupt rest."""
     seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
-    batches: list[pa.RecordBatch] = []
+    tables: list[pa.Table] = []
     error: str | None = None
     try:
-        with pa.OSFile(str(path), "rb") as source:
-            reader = pa.ipc.open_stream(source)
-            while True:
-                try:
-                    batches.append(reader.read_next_batch())
-                except StopIteration:
-                    break
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-        error = f"{path.name}: torn or corrupt after {len(batches)} whole batches ({exc})"
-    table = pa.Table.from_batches(batches, schema=schema) if batches else None
-    return ReplayedSegment(path=path, seq=seq, table=table, batches=len(batches), error=error)
+        data = path.read_bytes()
+    except OSError as exc:
+        return ReplayedSegment(path, seq, None, 0, f"{path.name}: unreadable ({exc.strerror or exc})")
+    if data and not data.startswith(MAGIC):
+        if not MAGIC.startswith(data):  # a prefix of the magic is a segment torn at birth
+            error = f"{path.name}: not a WAL segment (bad header)"
+        data = b""
+    position = len(MAGIC) if data else 0
+    while error is None and position < len(data):
+        header = data[position : position + _FRAME.size]
+        if len(header) < _FRAME.size:
+            error = f"{path.name}: torn frame header after {len(tables)} whole batches"
+            break
+        length, crc = _FRAME.unpack(header)
+        payload = data[position + _FRAME.size : position + _FRAME.size + length]
+        if length == 0 or len(payload) < length:
+            error = f"{path.name}: torn or zero-filled frame after {len(tables)} whole batches"
+            break
+        if zlib.crc32(payload) != crc:
+            error = f"{path.name}: checksum mismatch after {len(tables)} whole batches (corrupt data)"
+            break
+        try:
+            table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+            table.validate(full=True)
+            tables.append(table.cast(schema))
+        except (pa.ArrowException, ValueError) as exc:
+            error = f"{path.name}: undecodable batch after {len(tables)} whole batches ({exc})"
+            break
+        position += _FRAME.size + length
+    table = pa.concat_tables(tables) if tables else None
+    return ReplayedSegment(path=path, seq=seq, table=table, batches=len(tables), error=error)
+
+
+def _open_existing_lock(folder: Path) -> BinaryIO | None:
+    """Open a folder's LOCK without creating it (a folder without one is not a writer's)."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return os.fdopen(fd, "r+b")
 
 
 def orphaned_folders(root: Path, own_id: str | None = None) -> Iterator[tuple[Path, BinaryIO]]:
-    """Yield WAL folders of dead writers, each with its lock now held by the caller."""
+    """Yield WAL folders of dead writers, each with its lock now held by the caller.
+
+    Hidden folders of writers that died while starting are removed on the way.
+    """
     if not root.is_dir():
         return
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name == own_id:
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if e.is_dir())
+    for name in names:
+        folder = root / name
+        if name == own_id:
             continue
-        try:
-            handle = open(Path(entry.path) / LOCK_NAME, "ab")
-        except FileNotFoundError:
-            continue  # removed by another recovering writer
+        handle = _open_existing_lock(folder)
+        if handle is None:
+            continue
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.close()  # its writer is alive
+            handle.close()  # its writer is alive (or starting)
             continue
-        if not Path(entry.path).is_dir():
+        if not folder.is_dir():
             handle.close()
             continue
-        yield Path(entry.path), handle
+        if name.startswith(_STARTING_PREFIX):  # died before it wrote anything
+            shutil.rmtree(folder, ignore_errors=True)
+            handle.close()
+            continue
+        yield folder, handle
 
 
 def segments(folder: Path) -> list[Path]:
     """Segments of a WAL folder, oldest first."""
     return sorted(folder.glob(f"*{SEGMENT_SUFFIX}"))
+
+
+def highest_segment(folder: Path) -> int:
+    """The highest segment number in a folder (0 when none)."""
+    numbers = [int(p.name.removesuffix(SEGMENT_SUFFIX)) for p in segments(folder)]
+    return max(numbers, default=0)

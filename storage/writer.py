@@ -21,30 +21,22 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 
+from metrics.errors import MetricsError
 from metrics.model import SAMPLE_SCHEMA, SORT_KEY, SampleBatch
 from metrics.settings import Settings
 from storage.encoding import plain_values
-from storage.lake import SERIES_TABLE, Lake
+from storage.lake import SERIES_TABLE, Lake, fsync_dir
+from storage.series import catalog_table, read_catalog
 from storage.wal import WriteAheadLog, orphaned_folders, read_segment, segments
 
 log = logging.getLogger(__name__)
-
-SERIES_SCHEMA = pa.schema(
-    [
-        pa.field("series_id", pa.int64(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("type", pa.string(), nullable=False),
-        pa.field("tags", pa.string(), nullable=False),
-        pa.field("first_seen", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
 
 
 def new_writer_id() -> str:
@@ -95,7 +87,13 @@ class WriterStats:
 class Writer:
     """Durable sample writer of one process. Thread-safe."""
 
-    def __init__(self, settings: Settings, lake: Lake | None = None, writer_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lake: Lake | None = None,
+        writer_id: str | None = None,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.lake = lake or Lake(
             settings.lake_dir, compression=settings.compression, compression_level=settings.compression_level
@@ -111,13 +109,13 @@ class Writer:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.recovery = RecoveryReport()
+        self._on_commit = on_commit
 
     # -- life cycle --------------------------------------------------------
     def open(self, *, background_flush: bool = True) -> RecoveryReport:
         """Take this process's WAL, replay dead writers' WALs, start the timed flusher."""
-        self.settings.wal_dir.mkdir(parents=True, exist_ok=True)
-        self.wal.open()
-        self._known_series = self._load_known_series()
+        self.wal.open(first_seq=self._highest_file_seq())
+        self._known_series = set(read_catalog(self.lake).get_column("series_id").to_list())
         self.recovery = self.recover()
         if background_flush:
             self._flusher = threading.Thread(target=self._flush_loop, name=f"flush-{self.writer_id}", daemon=True)
@@ -132,6 +130,15 @@ class Writer:
         with self._lock:
             self.flush()
             self.wal.close()
+
+    def _highest_file_seq(self) -> int:
+        """Highest sequence number already used in the lake by a writer of this id (0 when none)."""
+        highest = 0
+        for item in self.lake.files("samples"):
+            parsed = parse_sample_file_name(item.name)
+            if parsed is not None and parsed[0] == self.writer_id:
+                highest = max(highest, parsed[1])
+        return highest
 
     def __enter__(self) -> Writer:
         self.open()
@@ -155,13 +162,23 @@ class Writer:
             if self._buffer_since is None:
                 self._buffer_since = time.monotonic()
             if self._buffered_rows >= self.settings.batch_size:
-                self.flush()
+                try:
+                    self.flush()
+                except MetricsError:  # the batch is durable in the WAL: acknowledge it, flush later
+                    log.exception("flush failed; %d rows stay in the WAL for the next flush", self._buffered_rows)
         return frame.height
 
     def _write_direct(self, frame: pl.DataFrame) -> int:
+        """Write a bulk frame straight to fsynced Parquet: all of its day files, or none of them."""
         with self._lock:
             seq = self.wal.next_seq()
-        self._commit(frame, seq, presorted=True)  # a SampleBatch is in lake order
+        try:
+            self._commit(frame, seq, presorted=True)  # a SampleBatch is in lake order
+        except BaseException:
+            name = sample_file_name(self.writer_id, seq)
+            for day in self.lake.partitions("samples"):
+                (self.lake.partition_dir("samples", day) / name).unlink(missing_ok=True)
+            raise
         return frame.height
 
     def flush(self) -> int:
@@ -214,15 +231,10 @@ class Writer:
         self.stats.bytes_written += written
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.perf_counter() - started
+        if self._on_commit is not None:
+            self._on_commit()
 
     # -- the series catalog ------------------------------------------------
-    def _load_known_series(self) -> set[int]:
-        files = self.lake.flat_files(SERIES_TABLE)
-        if not files:
-            return set()
-        ids = pl.scan_parquet([str(f) for f in files]).select("series_id").unique().collect()
-        return set(ids.get_column("series_id").to_list())
-
     def _record_series(self, frame: pl.DataFrame, name: str) -> None:
         with self._lock:
             series = (
@@ -233,7 +245,7 @@ class Writer:
             new = series.filter(~pl.col("series_id").is_in(list(self._known_series)))
             if new.height == 0:
                 return
-            self.lake.write(SERIES_TABLE, None, new.to_arrow().select(SERIES_SCHEMA.names).cast(SERIES_SCHEMA), name)
+            self.lake.write(SERIES_TABLE, None, catalog_table(new), name)
             self._known_series.update(new.get_column("series_id").to_list())
 
     # -- recovery ----------------------------------------------------------
@@ -255,7 +267,9 @@ class Writer:
                         report.rows += frame.height
                     report.segments += 1
                     path.unlink()
+                    fsync_dir(folder)
                 _remove_folder(folder)
+                fsync_dir(folder.parent)
             finally:
                 lock.close()
         if report.folders:

@@ -408,3 +408,24 @@ def test_subprocess_long_error_stays_on_one_line(data_dir: Path, tmp_path: Path)
     assert len(lines) == 1, lines
     assert lines[0].startswith("Error: Catalog Error:")
     assert table in lines[0]
+
+
+def test_json_output_prints_nan_as_null(cli: Cli, tmp_path: Path) -> None:
+    batch = tmp_path / "nan.json"
+    stamp = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    batch.write_text(
+        json.dumps(
+            {"metrics": [{"metric_id": "rpc.latency", "timestamp": stamp, "value": "NaN", "metric_type": "summary"}]}
+        ).replace('"NaN"', "NaN")
+    )
+    assert cli("ingest", batch.name).code == 0
+    result = cli("query", "rpc.latency", "--since", "1h", "--format", "json")
+    assert result.code == 0
+    assert json.loads(result.out)[0]["value"] is None
+
+
+@pytest.mark.parametrize("args", [("query", "x", "--since", "1000000d"), ("cleanup", "--older-than", "1000000d")])
+def test_absurd_durations_are_refused_cleanly(cli: Cli, args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.code == 1
+    assert result.err.strip().startswith("Error: duration")

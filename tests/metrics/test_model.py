@@ -457,3 +457,25 @@ def test_accepted_points_read_back_unchanged(
     assert row["ts"] == ts
     assert json.loads(row["tags"]) == tags
     assert row["series_id"] == series_id(metric, tags)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"metric_id": 123, "value": 1.0}, "metric_id"),
+        ({"metric_id": "a.b", "value": "1"}, "value"),
+        ({"metric_id": "a.b", "value": 10**400}, "value"),
+        ({"metric_id": "a.b", "value": 1.0, "tags": ["x"]}, "tags"),
+    ],
+)
+def test_a_malformed_point_is_a_validation_error(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        MetricDataPoint(**kwargs)
+
+
+def test_a_tag_list_without_key_value_pairs_rejects_only_its_row() -> None:
+    now = datetime.now(UTC)
+    frame = pl.DataFrame({"ts": [now, now], "metric": ["a.b", "a.b"], "value": [1.0, 2.0], "tags": ['["x"]', "{}"]})
+    batch = prepare_frame(frame, now=now, retention_days=90)
+    assert batch.frame.height == 1
+    assert [r.index for r in batch.rejected] == [0]

@@ -214,3 +214,21 @@ def test_secrets_never_appear_in_repr(clean_env: pytest.MonkeyPatch, source: str
 def test_flush_seconds_must_be_finite(raw: str) -> None:
     with pytest.raises(ConfigError, match="METRICS_FLUSH_SECONDS"):
         Settings.from_env({"METRICS_FLUSH_SECONDS": raw})
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "message"),
+    [
+        ({"METRICS_COMPRESSION": "gzip", "METRICS_COMPRESSION_LEVEL": "15"}, {}, "METRICS_COMPRESSION_LEVEL"),
+        ({}, {"batch_sz": 5}, "unknown setting 'batch_sz'"),
+        ({}, {"batch_size": 0}, "METRICS_BATCH_SIZE (batch_size)=0"),
+        ({}, {"retention_days": -1}, "METRICS_RETENTION_DAYS (retention_days)=-1"),
+        ({}, {"compression": "brotli2"}, "METRICS_COMPRESSION (compression)='brotli2'"),
+    ],
+)
+def test_overrides_and_combinations_are_checked_too(
+    env: dict[str, str], overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env, **overrides)
+    assert message in str(caught.value)

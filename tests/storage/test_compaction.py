@@ -33,7 +33,7 @@ from polars.testing import assert_frame_equal
 from metrics.model import SORT_KEY, canonical_tags
 from metrics.settings import Settings
 from storage.compaction import compact, compact_day, needs_compaction, rebuild_rollups
-from storage.encoding import decode_values
+from storage.encoding import decimal_values, decode_values
 from storage.lake import QUARANTINE, SERIES_TABLE, Lake
 from storage.rollups import ROLLUP_TABLES, covered_days
 from storage.store import MetricStore
@@ -635,3 +635,19 @@ def test_ingest_flush_compact_query_gives_back_the_same_samples(rows: list[tuple
         for m, t, ts, v, kind in got.select("metric", "tags", "ts", "value", "type").iter_rows()
     )
     assert actual == expected
+
+
+def test_compaction_finishes_a_swap_a_dead_compaction_left_before_merging(
+    store: MetricStore, make_frame: FrameFactory, noon: datetime
+) -> None:
+    ingest_in_small_files(store, [make_frame(hosts=1, points=5, end=noon - timedelta(minutes=i)) for i in range(3)])
+    lake, day = store.lake, noon.date()
+    total = read_day(lake, day).height
+    inputs = [f.path for f in lake.files("samples", day, day)]
+    merged = read_day(lake, day)
+    # A compaction staged its file, wrote its journal and renamed the new file, then died before deleting inputs.
+    staged = lake.stage("samples", day, decimal_values(merged.select(SAMPLE_COLUMNS)).to_arrow(), "c-dead.parquet")
+    lake._write_journal([staged], inputs)
+    staged.rename(staged.with_name("c-dead.parquet"))
+    compact_day(lake, day, wal_root=store.settings.wal_dir, validate=False, force=True)
+    assert read_day(lake, day).height == total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -716,3 +717,118 @@ def test_bad_inputs_raise_query_error(
 ) -> None:
     with pytest.raises(QueryError, match=message):
         _bad(store, now, case)
+
+
+# --- regressions from review -------------------------------------------------------------------
+
+
+def test_group_by_a_tag_named_like_an_internal_column(store: MetricStore, now: datetime) -> None:
+    frame = pl.DataFrame(
+        {
+            "ts": [now - timedelta(seconds=s) for s in (10, 20, 30, 40)],
+            "metric": ["k.ops"] * 4,
+            "value": [1.0, 2.0, 3.0, 4.0],
+            "type": ["gauge"] * 4,
+            "kind": ["aes", "aes", "rsa", "rsa"],
+            "bucket": ["x", "x", "x", "x"],
+        }
+    ).rename({"kind": "type_"})
+    ingest(store, frame)
+    start, end = window(now)
+    found = store.query_aggregated("k.ops", "sum", "1h", start, end, ["type_", "bucket"])
+    assert found.columns == ["ts", "metric", "type_", "bucket", "value"]
+    assert sorted(found.select("type_", "value").rows()) == [("aes", 3.0), ("rsa", 7.0)]
+    for clash in ("tags", "metric", "value", "ts", "series_id"):
+        with pytest.raises(QueryError, match="clashes"):
+            store.query_aggregated("k.ops", "sum", "1h", start, end, [clash])
+
+
+def test_ad_hoc_sql_cannot_change_what_other_queries_see(store: MetricStore, glob_lake: pl.DataFrame) -> None:
+    start, end = window(datetime.now(UTC))
+    before = store.query_metrics("cpu.*", start, end, {"host": "host-1"})
+    for statement in ("DELETE FROM series_catalog", "DROP TABLE series_catalog"):
+        with pytest.raises(QueryError):
+            store.sql(statement)
+    with pytest.raises(QueryError):  # outside the lake: refused
+        store.sql("SELECT * FROM read_csv('/etc/passwd')")
+    with pytest.raises(QueryError):
+        store.sql("SET enable_external_access = true")
+    assert_frame_equal(store.query_metrics("cpu.*", start, end, {"host": "host-1"}), before)
+
+
+def test_sql_keeps_working_while_compaction_refreshes_the_views(store: MetricStore, glob_lake: pl.DataFrame) -> None:
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 3
+
+    def query() -> None:
+        while time.monotonic() < stop:
+            try:
+                assert store.sql("SELECT count(*) AS n FROM samples").item() == glob_lake.height
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+
+    reader = threading.Thread(target=query)
+    reader.start()
+    for _ in range(20):  # bounded: at most 20 refreshes within the reader's 3 s
+        store.engine.refresh_views(force=True)
+        if time.monotonic() >= stop:
+            break
+    reader.join(timeout=10)
+    assert errors == []
+
+
+def test_a_corrupt_series_catalog_file_is_quarantined_and_queries_go_on(
+    store: MetricStore, glob_lake: pl.DataFrame, settings: Any
+) -> None:
+    (settings.lake_dir / "series" / "broken.parquet").write_bytes(b"not parquet at all")
+    start, end = window(datetime.now(UTC))
+    store.engine._catalog_signature = None
+    found = store.query_metrics("cpu.*", start, end, {"host": "host-1"})
+    assert found.height == 2 * 12
+    assert (settings.lake_dir / "quarantine" / "series" / "corrupt-broken.parquet").is_file()
+    store.compact(validate=False)  # and maintenance is not blocked by it either
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s, a, b: s.query_metrics("*", a, b, {"host": 5.5}), None),
+        (lambda s, a, b: s.query_metrics("*", a, b, {"host": None}), "tags"),
+        (lambda s, a, b: s.query_metrics("*", a, b, "host=a"), "tags"),  # type: ignore[arg-type]
+        (lambda s, a, b: s.query_metrics("*", a, b, {"host": []}), "tags"),
+        (lambda s, a, b: s.query_metrics("*", 12345, b), "start"),  # type: ignore[arg-type]
+        (lambda s, a, b: s.query_metrics("*", "not a time", b), "start"),
+        (lambda s, a, b: s.query_aggregated("*", None, "1m", a, b), "aggregation"),  # type: ignore[arg-type]
+        (lambda s, a, b: s.query_aggregated("*", "avg", "1m", a, b, "host"), "group_by"),  # type: ignore[arg-type]
+        (lambda s, a, b: s.sql("SELECT union_value(k := 1) AS u"), None),
+    ],
+)
+def test_bad_query_inputs_raise_query_errors(
+    store: MetricStore, glob_lake: pl.DataFrame, call: Callable[..., Any], message: str | None
+) -> None:
+    start, end = window(datetime.now(UTC))
+    caught: str | None = None
+    try:
+        call(store, start, end)
+    except QueryError as exc:  # any other exception type fails the test
+        caught = str(exc)
+    if message:
+        assert caught is not None
+        assert message in caught
+
+
+def test_iso_text_times_and_ranges_from_before_1970_are_accepted(store: MetricStore, glob_lake: pl.DataFrame) -> None:
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    assert store.query_metrics("cpu.usage", (end - timedelta(hours=1)).isoformat(), end.isoformat()).height == 36
+    assert store.query_aggregated("cpu.usage", "count", "1w", datetime(1, 1, 1, tzinfo=UTC), end, []).height >= 1
+
+
+def test_the_database_file_is_current_after_ingest_and_readable_from_elsewhere(
+    store: MetricStore, make_frame: FrameFactory, settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = make_frame(("cpu.usage",), hosts=2, points=5)
+    ingest(store, frame)  # no sql(), no compaction: the first file alone must update the file
+    monkeypatch.chdir(tmp_path)  # another working directory: the views hold absolute paths
+    with duckdb.connect(str(settings.data_dir / "metrics.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM samples").fetchone() == (frame.height,)

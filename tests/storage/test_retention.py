@@ -16,8 +16,8 @@ from metrics.settings import Settings
 from storage.encoding import plain_values
 from storage.lake import QUARANTINE, SERIES_TABLE, TMP_SUFFIX, Lake
 from storage.retention import cleanup
+from storage.series import SERIES_SCHEMA
 from storage.store import MetricStore
-from storage.writer import SERIES_SCHEMA
 
 NOW = datetime(2024, 6, 30, 15, 0, tzinfo=UTC)
 OLDER_THAN = timedelta(days=30)  # cutoff day: 2024-05-31; days before it go

@@ -19,6 +19,7 @@ from metrics.errors import StorageError
 from metrics.model import SAMPLE_SCHEMA
 from storage.wal import (
     LOCK_NAME,
+    MAGIC,
     WriteAheadLog,
     orphaned_folders,
     read_segment,
@@ -210,16 +211,51 @@ def test_cut_exactly_between_batches_is_a_clean_end(wal: WriteAheadLog) -> None:
     assert replayed.table.equals(pa.concat_tables(tables[:2]))
 
 
-@pytest.mark.parametrize("keep", [0, 1, 7], ids=["empty file", "1 byte", "inside the schema"])
-def test_segment_torn_before_the_first_batch_has_no_rows_and_an_error(wal: WriteAheadLog, keep: int) -> None:
+@pytest.mark.parametrize("keep", [0, 1, 7], ids=["empty file", "1 byte", "inside the header"])
+def test_segment_cut_inside_its_header_is_an_empty_segment(wal: WriteAheadLog, keep: int) -> None:
+    # Nothing was acknowledged from a segment whose header is incomplete: no rows, nothing to report.
     path, _, _ = write_segment(wal, [3])
     with open(path, "r+b") as handle:
         handle.truncate(keep)
     replayed = read_segment(path, SAMPLE_SCHEMA)
     assert replayed.batches == 0
     assert replayed.table is None
+    assert replayed.error is None
+
+
+@pytest.mark.parametrize("extra", [1, 7, 20], ids=["1 byte", "inside the frame header", "inside the payload"])
+def test_segment_torn_inside_its_first_frame_has_no_rows_and_an_error(wal: WriteAheadLog, extra: int) -> None:
+    path, _, _ = write_segment(wal, [3])
+    with open(path, "r+b") as handle:
+        handle.truncate(len(MAGIC) + extra)
+    replayed = read_segment(path, SAMPLE_SCHEMA)
+    assert replayed.batches == 0
+    assert replayed.table is None
     assert replayed.error is not None
     assert path.name in replayed.error
+
+
+def test_a_segment_with_a_foreign_header_is_reported(wal: WriteAheadLog) -> None:
+    path, _, _ = write_segment(wal, [3])
+    path.write_bytes(b"PAR1 this is not a WAL segment at all")
+    replayed = read_segment(path, SAMPLE_SCHEMA)
+    assert replayed.table is None
+    assert replayed.error is not None
+    assert "not a WAL segment" in replayed.error
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_flipped_bits_never_crash_replay_and_keep_the_good_batches(wal: WriteAheadLog, seed: int) -> None:
+    path, tables, ends = write_segment(wal, [4, 4, 4])
+    data = bytearray(path.read_bytes())
+    position = ends[1] + 1 + (seed * 37) % (ends[2] - ends[1] - 1)  # somewhere in the third frame
+    data[position] ^= 1 << (seed % 8)
+    path.write_bytes(bytes(data))
+    replayed = read_segment(path, SAMPLE_SCHEMA)
+    assert replayed.batches == 2
+    assert replayed.table is not None
+    assert replayed.table.equals(pa.concat_tables(tables[:2]))
+    assert replayed.error is not None
 
 
 GARBAGE = {
@@ -283,7 +319,8 @@ def test_orphaned_folders_yields_only_folders_whose_lock_is_free(tmp_path: Path)
         with lock_held_by_child(root / "live_child" / LOCK_NAME):
             found = list(orphaned_folders(root, own_id="own"))
             try:
-                assert [folder.name for folder, _ in found] == [dead.name, dead_without_lock_file.name]
+                # A folder without a LOCK file is not a writer's (it may be one being born): left alone.
+                assert [folder.name for folder, _ in found] == [dead.name]
                 # The caller now holds each yielded folder's lock: a second recoverer is kept out.
                 assert list(orphaned_folders(root, own_id="own")) == []
             finally:
@@ -294,7 +331,8 @@ def test_orphaned_folders_yields_only_folders_whose_lock_is_free(tmp_path: Path)
     # Once the lock holders are gone, their folders are orphans too (live_here removed its empty folder).
     found = list(orphaned_folders(root))
     try:
-        assert [folder.name for folder, _ in found] == ["dead_1", "dead_2", "live_child", "own"]
+        assert [folder.name for folder, _ in found] == ["dead_1", "live_child", "own"]
+        assert dead_without_lock_file.is_dir()
     finally:
         for _, handle in found:
             handle.close()
@@ -338,7 +376,7 @@ def test_open_on_a_folder_locked_by_this_process_raises(tmp_path: Path) -> None:
     first.open()
     try:
         second = WriteAheadLog(tmp_path, "same", SAMPLE_SCHEMA)
-        with pytest.raises(StorageError, match="locked by another process") as caught:
+        with pytest.raises(StorageError, match="in use") as caught:
             second.open()
         assert "same" in str(caught.value)
         assert second._lock is None or second._lock.closed
@@ -352,8 +390,14 @@ def test_open_on_a_folder_locked_by_this_process_raises(tmp_path: Path) -> None:
 
 def test_open_on_a_folder_locked_by_another_process_raises(tmp_path: Path) -> None:
     folder = make_dead_folder(tmp_path, "busy")
-    with lock_held_by_child(folder / LOCK_NAME), pytest.raises(StorageError, match="locked"):
+    with lock_held_by_child(folder / LOCK_NAME), pytest.raises(StorageError, match="in use"):
         WriteAheadLog(tmp_path, "busy", SAMPLE_SCHEMA).open()
+    # Released, but its segments are not replayed yet: the id stays refused, nothing is overwritten.
+    with pytest.raises(StorageError, match="unreplayed segments"):
+        WriteAheadLog(tmp_path, "busy", SAMPLE_SCHEMA).open()
+    assert segments(folder)
+    for path in segments(folder):  # what recovery does once the rows are in the lake
+        path.unlink()
     log = WriteAheadLog(tmp_path, "busy", SAMPLE_SCHEMA)
-    log.open()  # the child has released it
+    log.open()
     log.close(remove_folder=False)

@@ -583,3 +583,109 @@ def test_every_acknowledged_sample_survives_kill_9(settings: Settings, tmp_path:
         assert after.height == total
         assert_no_duplicates(after)
     assert [p.name for p in settings.wal_dir.iterdir()] == []  # the dead writer's folder is gone
+
+
+# -- failures around acknowledgement (regressions from review) --------------------------------------------
+
+
+class _FailingSink:
+    """A file whose next write stores part of the frame and then fails like a full disk (ENOSPC).
+
+    Disk exhaustion cannot be arranged portably in a test, so the failure is injected at the
+    file object; everything else (fsync, truncate, replay) runs for real.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.armed = True
+
+    def write(self, data: bytes) -> int:
+        if self.armed:
+            self.armed = False
+            self._real.write(data[:100])
+            self._real.flush()
+            raise OSError(28, "No space left on device")
+        return int(self._real.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_a_failed_wal_append_does_not_lose_later_acknowledged_batches(settings: Settings, noon: datetime) -> None:
+    def point(value: float) -> SampleBatch:
+        return validated(pl.DataFrame({"ts": [noon + timedelta(seconds=value)], "metric": ["w.m"], "value": [value]}))
+
+    writer = Writer(settings, writer_id="enospc")
+    writer.open(background_flush=False)
+    writer.write(point(1.0))
+    writer.wal._sink = _FailingSink(writer.wal._sink)  # type: ignore[assignment]
+    with pytest.raises(StorageError, match="No space left"):
+        writer.write(point(2.0))
+    writer.write(point(3.0))  # acknowledged after the failure
+    writer.write(point(4.0))
+    writer.wal.close(remove_folder=False)  # the process dies: nothing flushed
+    with open_store(settings) as restarted:
+        values = restarted.sql("SELECT value FROM samples ORDER BY value").get_column("value").to_list()
+        assert restarted.recovery.errors == []
+    assert values == [1.0, 3.0, 4.0]
+
+
+def test_reusing_a_writer_id_never_overwrites_its_predecessor(settings: Settings, noon: datetime) -> None:
+    def point(value: float) -> SampleBatch:
+        return validated(pl.DataFrame({"ts": [noon + timedelta(seconds=value)], "metric": ["r.m"], "value": [value]}))
+
+    first = Writer(settings, writer_id="api")
+    first.open(background_flush=False)
+    first.write(point(1.0))
+    first.flush()  # w-api-000000000001.parquet
+    first.write(point(2.0))  # acknowledged, only in the WAL
+    first.wal.close(remove_folder=False)  # dies
+    with pytest.raises(StorageError, match="unreplayed segments"):
+        Writer(settings, writer_id="api").open(background_flush=False)
+    with open_store(settings) as store:  # another id replays the dead writer's WAL
+        assert sorted(store.sql("SELECT value FROM samples").get_column("value").to_list()) == [1.0, 2.0]
+    again = Writer(settings, writer_id="api")
+    again.open(background_flush=False)
+    again.write(point(3.0))
+    again.close()
+    assert sample_file_name("api", 1) in sample_file_names(settings)
+    with open_store(settings) as store:
+        assert sorted(store.sql("SELECT value FROM samples").get_column("value").to_list()) == [1.0, 2.0, 3.0]
+
+
+def test_write_acknowledges_a_durable_batch_even_when_its_flush_fails(settings: Settings, noon: datetime) -> None:
+    small = Writer(replace(settings, batch_size=2), writer_id="ackfail")
+    small.open(background_flush=False)
+    blocker = settings.lake_dir / "samples" / f"date={noon.date()}"
+    try:
+        small.write(validated(pl.DataFrame({"ts": [noon], "metric": ["a.m"], "value": [1.0]})))
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("not a folder")  # the size-triggered flush will fail
+        second = validated(pl.DataFrame({"ts": [noon + timedelta(seconds=1)], "metric": ["a.m"], "value": [2.0]}))
+        assert small.write(second) == 1  # durable in the WAL: acknowledged, no exception
+        assert small.buffered_rows == 2
+        blocker.unlink()
+        assert small.flush() == 2
+    finally:
+        if blocker.is_file():
+            blocker.unlink()
+        small.close()
+    with open_store(settings) as store:
+        assert store.sql("SELECT value FROM samples ORDER BY value").get_column("value").to_list() == [1.0, 2.0]
+
+
+def test_a_bulk_frame_spanning_days_is_all_or_nothing(settings: Settings, noon: datetime) -> None:
+    bulk = Writer(replace(settings, batch_size=2), writer_id="bulkfail")
+    bulk.open(background_flush=False)
+    yesterday = noon - timedelta(days=1)
+    frame = pl.DataFrame({"ts": [yesterday, noon], "metric": ["b.m", "b.m"], "value": [1.0, 2.0]})
+    blocker = settings.lake_dir / "samples" / f"date={noon.date()}"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")  # yesterday's file commits, today's cannot
+    try:
+        with pytest.raises(StorageError):
+            bulk.write(validated(frame))
+        assert lake_rows(settings).height == 0  # yesterday's file was taken back: a retry cannot duplicate
+    finally:
+        blocker.unlink()
+        bulk.close()
