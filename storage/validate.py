@@ -94,6 +94,7 @@ import polars as pl
 
 from metrics.errors import ValidationError
 from metrics.model import METRIC_TYPES, SAMPLE_COLUMNS, TS_DTYPE, to_utc
+from storage.lake import ensure_dir, fsync_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -453,10 +454,17 @@ def _no_bad_rows(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` and move the file into place, so readers never see a half-written file."""
+    """Call ``write(tmp_path)``, fsync, and move the file into place durably (readers never see half a file).
+
+    Quarantined rows are deleted from the lake right after, so they must be on disk first.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        ensure_dir(path.parent)
         write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
