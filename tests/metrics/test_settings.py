@@ -187,7 +187,7 @@ def test_settings_are_frozen() -> None:
 
 SECRETS = {
     "SMTP_PASSWORD": "hunter2-Sup3r-S3cret",
-    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0000/B0000/XXXXsecretXXXX",
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0000/B0000/not-a-real-secret-value",
 }
 
 
