@@ -24,7 +24,7 @@ import polars as pl
 from metrics.model import POLARS_SAMPLE_SCHEMA, SAMPLE_COLUMNS, SORT_KEY
 from storage.encoding import decimal_values, decode_values
 from storage.lake import COMPACTED_PREFIX, QUARANTINE, SERIES_TABLE, UNREADABLE_ERRORS, Lake, LakeFile
-from storage.rollups import ROLLUP_SCHEMA, ROLLUP_TABLES, build_rollup, covered_days, rollup_name
+from storage.rollups import ROLLUP_TABLES, build_rollup, covered_days, rollup_name, stored_rollup
 from storage.series import catalog_table, read_catalog
 from storage.wal import segment_name
 from storage.writer import parse_sample_file_name
@@ -162,7 +162,7 @@ def _compact_day(
         stored = decimal_values(frame).to_arrow()
         staged.append(lake.stage("samples", day, stored, name, compression_level=COMPACTED_ZSTD_LEVEL))
         for table, width in ROLLUP_TABLES.items():
-            rollup = build_rollup(frame, width).to_arrow().cast(ROLLUP_SCHEMA)
+            rollup = stored_rollup(build_rollup(frame, width))
             staged.append(lake.stage(table, day, rollup, rollup_name(generation)))
     # Old rollups of the day are replaced as well (they described the files being merged).
     old += [f.path for table in ROLLUP_TABLES for f in lake.files(table, day, day)]

@@ -34,9 +34,6 @@ STORED_SCHEMA = pa.schema(
     ]
 )
 
-# DuckDB expression giving back the value; the list holds exact powers of ten.
-VALUE_SQL = f"coalesce(value, value_int::DOUBLE / [{', '.join(repr(p) for p in _POWERS)}][value_scale + 1])"
-
 
 def plain_values(frame: pl.DataFrame) -> pl.DataFrame:
     """Stored layout with every value as a double (what writers flush)."""
@@ -47,8 +44,27 @@ def plain_values(frame: pl.DataFrame) -> pl.DataFrame:
 
 def decimal_values(frame: pl.DataFrame) -> pl.DataFrame:
     """Stored layout with each exact-decimal series as scaled integers (what compaction writes)."""
-    values = frame.get_column("value").to_numpy()
+    return encode_decimal_columns(frame, ["value"]).select(STORED_COLUMNS)
+
+
+def encode_decimal_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Store each float column's exact-decimal series as ``<col>_int`` and ``<col>_scale`` (``<col>`` null there)."""
     series = frame.get_column("series_id").to_numpy()
+    encoded: list[pl.Series] = []
+    for column in columns:
+        values = frame.get_column(column).to_numpy()
+        usable, mantissas, scales = _decimal_form(values, series)
+        as_int = pl.Series(usable)
+        encoded += [
+            pl.select(pl.when(as_int).then(None).otherwise(frame.get_column(column))).to_series().alias(column),
+            pl.select(pl.when(as_int).then(pl.Series(mantissas))).to_series().alias(f"{column}_int"),
+            pl.select(pl.when(as_int).then(pl.Series(scales)).cast(pl.Int8)).to_series().alias(f"{column}_scale"),
+        ]
+    return frame.with_columns(encoded)
+
+
+def _decimal_form(values: np.ndarray, series: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: whether its series is stored as integers, the mantissa and the series' decimal scale."""
     scale_of_row = np.full(len(values), -1, dtype=np.int8)
     mantissa = np.zeros(len(values), dtype=np.int64)
     undecided = np.ones(len(values), dtype=bool)
@@ -90,20 +106,28 @@ def decimal_values(frame: pl.DataFrame) -> pl.DataFrame:
         .get_column("ok")
         .to_numpy()
     )
-    as_int = pl.Series(usable)
-    return frame.with_columns(
-        pl.when(as_int).then(None).otherwise(pl.col("value")).alias("value"),
-        pl.when(as_int).then(pl.Series(final)).otherwise(None).alias("value_int"),
-        pl.when(as_int).then(pl.Series(series_scale)).otherwise(None).cast(pl.Int8).alias("value_scale"),
-    ).select(STORED_COLUMNS)
+    return usable, final, series_scale
 
 
 def decode_values(frame: pl.DataFrame) -> pl.DataFrame:
-    """Give a frame read from the lake back its plain ``value`` column."""
-    if "value_int" not in frame.columns:
+    """Give a frame read from the lake back its plain float columns (every ``<col>_int``/``<col>_scale`` pair)."""
+    encoded = [c[: -len("_int")] for c in frame.columns if c.endswith("_int") and f"{c[:-4]}_scale" in frame.columns]
+    if not encoded:
         return frame
-    power = pl.col("value_scale").replace_strict(
-        list(range(len(_POWERS))), _POWERS, default=None, return_dtype=pl.Float64
-    )
-    scaled = pl.col("value_int").cast(pl.Float64) / power
-    return frame.with_columns(pl.coalesce(pl.col("value"), scaled).alias("value")).drop("value_int", "value_scale")
+    decoded = []
+    for column in encoded:
+        power = pl.col(f"{column}_scale").replace_strict(
+            list(range(len(_POWERS))), _POWERS, default=None, return_dtype=pl.Float64
+        )
+        decoded.append(pl.coalesce(pl.col(column), pl.col(f"{column}_int").cast(pl.Float64) / power).alias(column))
+    return frame.with_columns(decoded).drop([f"{c}_{part}" for c in encoded for part in ("int", "scale")])
+
+
+def decoded_sql(column: str) -> str:
+    """DuckDB expression giving back a float column stored with :func:`encode_decimal_columns`."""
+    powers = ", ".join(repr(p) for p in _POWERS)
+    return f"coalesce({column}, {column}_int::DOUBLE / [{powers}][{column}_scale + 1])"
+
+
+# DuckDB expression giving back the value (the list indexed by the scale holds exact powers of ten).
+VALUE_SQL = decoded_sql("value")

@@ -51,8 +51,8 @@ COMPACTED_PREFIX = "c-"
 # Column encodings: sorted timestamps and integer mantissas delta-encode to almost
 # nothing; floats split by byte compress far better than plain; names, tags and
 # ids are dictionary-coded (runs of one value cost a few bits).
-_DICTIONARY_COLUMNS = ["metric", "series_id", "type", "tags", "value_scale"]
-_ENCODINGS = {"ts": "DELTA_BINARY_PACKED", "value_int": "DELTA_BINARY_PACKED"}
+_DICTIONARY_COLUMNS = ("metric", "series_id", "type", "tags")
+_TIMESTAMP_COLUMNS = ("ts", "last_ts", "first_seen")
 ROW_GROUP_SIZE = 128 * 1024
 
 # What reading a damaged Parquet file raises (not transient I/O trouble such as EMFILE).
@@ -127,11 +127,13 @@ def write_parquet(
 ) -> int:
     """Write ``table`` atomically and durably to ``path``; return the file size in bytes."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    names = set(table.column_names)
-    encodings = {k: v for k, v in _ENCODINGS.items() if k in names and table.schema.field(k).type != pa.null()}
+    names = table.column_names
+    # Integer mantissas (``*_int``) and sorted timestamps delta-encode; decimal scales (``*_scale``)
+    # and names/ids are dictionary-coded; the sample value double is byte-stream-split.
+    encodings = {c: "DELTA_BINARY_PACKED" for c in names if c.endswith("_int") or c in _TIMESTAMP_COLUMNS}
     if value_encoding and "value" in names and pa.types.is_floating(table.schema.field("value").type):
         encodings["value"] = value_encoding
-    dictionary = [c for c in _DICTIONARY_COLUMNS if c in names and c not in encodings]
+    dictionary = [c for c in names if (c in _DICTIONARY_COLUMNS or c.endswith("_scale")) and c not in encodings]
     codec = None if compression == "none" else compression
     level = compression_level if codec in ("zstd", "gzip") else None
     try:

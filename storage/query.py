@@ -32,7 +32,7 @@ from metrics.errors import QueryError, ValidationError
 from metrics.model import TAG_KEY_RE
 from metrics.timestamps import parse_duration, parse_timestamp, to_utc
 from storage.lake import SERIES_TABLE, TABLES, Lake
-from storage.rollups import covered_days
+from storage.rollups import ROLLUP_SQL, covered_days
 from storage.series import read_catalog
 from storage.views import (
     connect,
@@ -509,7 +509,7 @@ class QueryEngine:
             all_params += [*params, lo, rng.end]
         rollup_files = [f.path for d in sorted(covered) for f in self.lake.files(table, d, d)]
         if rollup_files and rng.start < tail_start:
-            selected = ", ".join(f"{_PARTIALS[c][1]} AS {c}" for c in columns)
+            selected = ", ".join(f"{ROLLUP_SQL[_PARTIALS[c][1]]} AS {c}" for c in columns)
             parts.append(
                 f"SELECT series_id, epoch_us(ts) AS b, {selected} FROM read_parquet({file_list(rollup_files)}) "
                 f"WHERE {where} AND ts >= ? AND ts < ?"

@@ -14,6 +14,7 @@ from datetime import date
 import polars as pl
 import pyarrow as pa
 
+from storage.encoding import decoded_sql, encode_decimal_columns
 from storage.lake import COMPACTED_PREFIX, Lake
 
 ROLLUP_TABLES = {"rollups_1m": 60, "rollups_1h": 3600}
@@ -33,6 +34,33 @@ ROLLUP_SCHEMA = pa.schema(
         pa.field("increase", pa.float64(), nullable=False),
     ]
 )
+
+
+# Columns stored as exact decimals where a series allows (min/max/first/last are sample values;
+# sums and increases of decimals are rarely exact decimals in binary floating point).
+ENCODED_COLUMNS = ["min", "max", "first", "last"]
+STORED_ROLLUP_SCHEMA = pa.schema(
+    [
+        *(field for field in ROLLUP_SCHEMA if field.name not in ENCODED_COLUMNS),
+        *(
+            part
+            for name in ENCODED_COLUMNS
+            for part in (
+                pa.field(name, pa.float64()),
+                pa.field(f"{name}_int", pa.int64()),
+                pa.field(f"{name}_scale", pa.int8()),
+            )
+        ),
+    ]
+)
+# How a reader gets each rollup column back in DuckDB.
+ROLLUP_SQL = {name: decoded_sql(name) if name in ENCODED_COLUMNS else name for name in ROLLUP_SCHEMA.names}
+
+
+def stored_rollup(rollup: pl.DataFrame) -> pa.Table:
+    """A rollup frame in its stored layout (exact-decimal series as scaled integers)."""
+    stored = encode_decimal_columns(rollup, ENCODED_COLUMNS).to_arrow()
+    return stored.select(STORED_ROLLUP_SCHEMA.names).cast(STORED_ROLLUP_SCHEMA)
 
 
 def counter_step(value: pl.Expr, previous: pl.Expr) -> pl.Expr:

@@ -19,6 +19,7 @@ import duckdb
 
 from storage.encoding import VALUE_SQL
 from storage.lake import SERIES_TABLE, TABLES, Lake
+from storage.rollups import ROLLUP_SQL, ROLLUP_TABLES
 
 SAMPLE_VIEW_COLUMNS = "metric VARCHAR, series_id BIGINT, ts TIMESTAMPTZ, value DOUBLE, type VARCHAR, tags VARCHAR"
 
@@ -130,6 +131,12 @@ def view_statements(lake: Lake) -> list[str]:
             elif table == "samples":
                 body = (
                     f"SELECT metric, series_id, ts, {VALUE_SQL} AS value, type, tags, date "
+                    f"FROM read_parquet({sql_string(lake.glob(table))}, hive_partitioning = true)"
+                )
+            elif table in ROLLUP_TABLES:
+                columns = ", ".join(f"{sql} AS {name}" for name, sql in ROLLUP_SQL.items())
+                body = (
+                    f"SELECT {columns}, date "
                     f"FROM read_parquet({sql_string(lake.glob(table))}, hive_partitioning = true)"
                 )
             else:

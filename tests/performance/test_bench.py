@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from metrics.bench import bench_ingest, bench_query
+from metrics.bench import bench_ingest, bench_query, ingest_mix
 from metrics.settings import Settings
 from storage.store import MetricStore
 
@@ -90,3 +90,9 @@ def test_bench_ingest_command_prints_json_last(tmp_path: Path) -> None:
     assert figures["samples_per_s"] > 0
     assert figures["bytes_per_sample"] > 0
     assert not list(tmp_path.glob("metrics-bench-*"))  # the temporary lake is removed
+
+
+def test_the_ingest_mix_has_one_sample_per_series_and_time() -> None:
+    frame = ingest_mix(60_000)
+    tags = [c for c in frame.columns if c not in ("ts", "value", "type")]
+    assert frame.select(*tags, "ts").is_duplicated().sum() == 0

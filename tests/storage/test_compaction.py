@@ -53,8 +53,7 @@ def noon() -> datetime:
 
 def read_day(lake: Lake, day: date, table: str = "samples") -> pl.DataFrame:
     files = [str(f.path) for f in lake.files(table, day, day)]
-    frame = pl.read_parquet(files)
-    return decode_values(frame) if table == "samples" else frame
+    return decode_values(pl.read_parquet(files))
 
 
 def canonical(frame: pl.DataFrame) -> pl.DataFrame:

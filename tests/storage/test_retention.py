@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 
 from metrics.settings import Settings
-from storage.encoding import plain_values
+from storage.encoding import decode_values, plain_values
 from storage.lake import QUARANTINE, SERIES_TABLE, TMP_SUFFIX, Lake
 from storage.retention import cleanup
+from storage.rollups import ROLLUP_TABLES, build_rollup, stored_rollup
 from storage.series import SERIES_SCHEMA
 from storage.store import MetricStore
 
@@ -52,7 +53,14 @@ def fill(lake: Lake, now: datetime = NOW) -> dict[str, int]:
     for table in TABLES:
         for age in AGES:
             day = day_of_age(age, now)
-            data = samples(day, age + 1) if table == "samples" else pa.table({"v": [float(age)] * (age + 1)})
+            if table == "samples":
+                data = samples(day, age + 1)
+            elif table in ROLLUP_TABLES:  # rollups in their stored layout, as compaction writes them
+                data = stored_rollup(
+                    build_rollup(decode_values(pl.DataFrame(samples(day, age + 1))), ROLLUP_TABLES[table])
+                )
+            else:
+                data = pa.table({"v": [float(age)] * (age + 1)})
             paths = [lake.write(table, day, data, "a.parquet")]
             if table == QUARANTINE:  # quarantine holds the bad rows and a JSON report
                 report = lake.partition_dir(table, day) / "a.json"
