@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from metrics.errors import ConfigError
 
 STORAGE_TYPES = ("lake",)
+_PORTS = ("api_port", "prefect_port", "smtp_port")
 # Levels each codec accepts (snappy, lz4 and none ignore the level).
 COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9)}
 # The environment variable behind each setting, for error messages.
@@ -136,40 +137,50 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from ``env`` (default: ``os.environ``); keyword overrides win."""
         env = os.environ if env is None else env
-        settings = cls(
-            data_dir=Path(env.get("METRICS_DATA_DIR") or "data"),
-            storage_type=_choice(env, "METRICS_STORAGE_TYPE", "lake", STORAGE_TYPES),
-            db_path=Path(env["METRICS_DB_PATH"]) if env.get("METRICS_DB_PATH") else None,
-            batch_size=_int(env, "METRICS_BATCH_SIZE", 100_000, minimum=1),
-            flush_seconds=_float(env, "METRICS_FLUSH_SECONDS", 2.0, minimum=0.0, maximum=86_400.0),
-            compression=_choice(env, "METRICS_COMPRESSION", "zstd", COMPRESSIONS),
-            compression_level=_int(env, "METRICS_COMPRESSION_LEVEL", 3, minimum=1, maximum=22),
-            retention_days=_int(env, "METRICS_RETENTION_DAYS", 90, minimum=1),
-            archive=_bool(env, "METRICS_ARCHIVE", False),
-            max_future_seconds=_int(env, "METRICS_MAX_FUTURE_SECONDS", 600, minimum=0),
-            api_host=env.get("METRICS_API_HOST") or "127.0.0.1",
-            api_port=_int(env, "METRICS_API_PORT", 8080, minimum=1, maximum=65535),
-            prefect_port=_int(env, "METRICS_PREFECT_PORT", 4200, minimum=1, maximum=65535),
-            log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
-            smtp_server=env.get("SMTP_SERVER") or None,
-            smtp_port=_int(env, "SMTP_PORT", 25, minimum=1, maximum=65535),
-            smtp_username=env.get("SMTP_USERNAME") or None,
-            smtp_password=env.get("SMTP_PASSWORD") or None,
-            slack_webhook_url=env.get("SLACK_WEBHOOK_URL") or None,
-        )
+        values: dict[str, Any] = {
+            "data_dir": Path(env.get("METRICS_DATA_DIR") or "data"),
+            "storage_type": _choice(env, "METRICS_STORAGE_TYPE", "lake", STORAGE_TYPES),
+            "db_path": Path(env["METRICS_DB_PATH"]) if env.get("METRICS_DB_PATH") else None,
+            "batch_size": _int(env, "METRICS_BATCH_SIZE", 100_000, minimum=1),
+            "flush_seconds": _float(env, "METRICS_FLUSH_SECONDS", 2.0, minimum=0.0, maximum=86_400.0),
+            "compression": _choice(env, "METRICS_COMPRESSION", "zstd", COMPRESSIONS),
+            "compression_level": _int(env, "METRICS_COMPRESSION_LEVEL", 3, minimum=1, maximum=22),
+            "retention_days": _int(env, "METRICS_RETENTION_DAYS", 90, minimum=1),
+            "archive": _bool(env, "METRICS_ARCHIVE", False),
+            "max_future_seconds": _int(env, "METRICS_MAX_FUTURE_SECONDS", 600, minimum=0),
+            "api_host": env.get("METRICS_API_HOST") or "127.0.0.1",
+            "api_port": _int(env, "METRICS_API_PORT", 8080, minimum=1, maximum=65535),
+            "prefect_port": _int(env, "METRICS_PREFECT_PORT", 4200, minimum=1, maximum=65535),
+            "log_level": _choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            "smtp_server": env.get("SMTP_SERVER") or None,
+            "smtp_port": _int(env, "SMTP_PORT", 25, minimum=1, maximum=65535),
+            "smtp_username": env.get("SMTP_USERNAME") or None,
+            "smtp_password": env.get("SMTP_PASSWORD") or None,
+            "slack_webhook_url": env.get("SLACK_WEBHOOK_URL") or None,
+        }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             known = ", ".join(f.name for f in fields(cls))
             raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {known}")
-        return replace(settings, **overrides) if overrides else settings
+        return cls(**{**values, **overrides})  # one construction: overrides may repair the environment
 
     def __post_init__(self) -> None:
         """Check every value, however the settings were built (environment or keyword overrides)."""
-        _check_range(self, "batch_size", 1, None)
-        _check_range(self, "retention_days", 1, None)
-        _check_range(self, "max_future_seconds", 0, None)
+        for name in ("data_dir", "db_path"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise ConfigError(f"{_label(name)}={value!r} is not a path")
+        for name in ("batch_size", "retention_days", "max_future_seconds", "compression_level", *_PORTS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{_label(name)}={value!r} is not a whole number")
+        _check_range(self, "batch_size", 1, 100_000_000)
+        _check_range(self, "retention_days", 1, 36_500)
+        _check_range(self, "max_future_seconds", 0, 7 * 86_400)
         _check_range(self, "flush_seconds", 0.001, 86_400)
-        for port in ("api_port", "prefect_port", "smtp_port"):
+        for port in _PORTS:
             _check_range(self, port, 1, 65_535)
         _check_choice(self, "storage_type", STORAGE_TYPES)
         _check_choice(self, "compression", COMPRESSIONS)

@@ -24,9 +24,12 @@ MAX_DURATION_SECONDS = 100 * 366 * 86_400
 
 def to_utc(moment: datetime) -> datetime:
     """Convert a datetime to aware UTC; naive values are local time."""
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # interpret as local time
-    return moment.astimezone(UTC)
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # interpret as local time
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError, OSError):
+        raise ValidationError(f"timestamp: {moment!r} is out of the supported range") from None
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -49,7 +52,7 @@ def parse_timestamp(value: Any) -> datetime:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError(f"timestamp: {value!r} is not ISO 8601 or an epoch number") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else to_utc(parsed)
     raise ValidationError(f"timestamp: expected ISO 8601 text or epoch number, got {type(value).__name__}")
 
 

@@ -26,7 +26,7 @@ from storage.encoding import decimal_values, decode_values
 from storage.lake import COMPACTED_PREFIX, QUARANTINE, SERIES_TABLE, UNREADABLE_ERRORS, Lake, LakeFile
 from storage.rollups import ROLLUP_TABLES, build_rollup, covered_days, rollup_name, stored_rollup
 from storage.series import catalog_table, read_catalog
-from storage.wal import segment_name
+from storage.wal import intent_name, segment_name
 from storage.writer import parse_sample_file_name
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,12 @@ def _pending_files(lake: Lake, wal_root: Path, files: Iterable[LakeFile]) -> tup
     skipped = 0
     for item in files:
         parsed = parse_sample_file_name(item.name)
-        if parsed is not None and (wal_root / parsed[0] / segment_name(parsed[1])).exists():
+        folder = wal_root / parsed[0] if parsed is not None else None
+        if (
+            parsed is not None
+            and folder is not None
+            and ((folder / segment_name(parsed[1])).exists() or (folder / intent_name(parsed[1])).exists())
+        ):
             skipped += 1
             continue
         ready.append(item)

@@ -352,7 +352,10 @@ class Lake:
         target = folder / f"corrupt-{path.name}"
         # No swap lock: a reader that listed this file fails on it whether it is moved or not,
         # and the query path may call this while it holds the shared lock.
-        os.replace(path, target)
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:  # another reader quarantined it first
+            return target
         fsync_dir(path.parent)
         note = target.with_name(target.name + ".reason.txt")
         note.write_text(f"{path}: {error}\n", encoding="utf-8")

@@ -86,6 +86,7 @@ _FINAL: dict[str, tuple[str, str]] = {
 # Rollups of a width pay off only over ranges long enough that raw samples of a
 # series span several row groups; shorter ranges read raw samples in one pass.
 _RESULT_COLUMNS = ("ts", "metric", "series_id", "tags", "value")
+_READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 ROLLUP_MIN_RANGE = {3600: timedelta(days=3), 60: timedelta(hours=6)}
 _EMPTY_CATALOG = "(SELECT NULL::BIGINT AS series_id, NULL::VARCHAR AS metric, NULL::VARCHAR AS tags WHERE false)"
 US = 1_000_000
@@ -115,6 +116,8 @@ class MetricFilter:
 
     def metric_sql(self, column: str = "metric") -> tuple[str, list[Any]]:
         """SQL predicate (with parameters) selecting the metric names."""
+        if self.pattern is not None and not isinstance(self.pattern, str):
+            raise QueryError(f"pattern: expected a glob over metric names, got {self.pattern!r}")
         pattern = (self.pattern or "*").strip()
         if pattern in ("*", ""):
             return "TRUE", []
@@ -123,6 +126,8 @@ class MetricFilter:
             return f"{column} = ?", [pattern]
         prefix = pattern[: wildcard.start()]
         if not prefix:
+            return f"{column} GLOB ?", [pattern]
+        if ord(prefix[-1]) >= 0x10FFFF:
             return f"{column} GLOB ?", [pattern]
         # The range lets DuckDB skip row groups by min/max statistics; GLOB does the rest.
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
@@ -178,7 +183,10 @@ def _moment(value: datetime | str | None, name: str) -> datetime | None:
             raise QueryError(f"{name}: {exc}") from None
     if not isinstance(value, datetime):
         raise QueryError(f"{name}: expected a datetime or ISO 8601 text, got {type(value).__name__}")
-    return to_utc(value)
+    try:
+        return to_utc(value)
+    except ValidationError as exc:
+        raise QueryError(f"{name}: {exc}") from None
 
 
 def resolve_range(
@@ -338,16 +346,18 @@ class QueryEngine:
             params += [rng.start, rng.end]
             if above is not None:
                 where += " AND value > ?"
-                params.append(float(above))
+                params.append(_number(above, "above"))
             if below is not None:
                 where += " AND value < ?"
-                params.append(float(below))
+                params.append(_number(below, "below"))
             text = (
                 f"SELECT ts, metric, value, type, tags, series_id FROM {samples_source(files)} "
                 f"WHERE {where} ORDER BY metric, series_id, ts"
             )
             if limit is not None:
-                text += f" LIMIT {int(limit)}"
+                if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                    raise QueryError(f"limit: expected a whole number >= 0, got {limit!r}")
+                text += f" LIMIT {limit}"
             return self._run(text, params)
 
     def latest(
@@ -368,7 +378,8 @@ class QueryEngine:
             ids = self._series_ids(flt)
             if ids == []:
                 return _empty_samples()
-            days = [d for d in self.lake.partitions("samples") if d >= (now - lookback).date()]
+            oldest = (now - min(lookback, now - EPOCH)).date()
+            days = [d for d in self.lake.partitions("samples") if d >= oldest]
             where, params = self._where(flt, ids)
             found: list[pl.DataFrame] = []
             seen: set[int] = set()
@@ -453,8 +464,8 @@ class QueryEngine:
             raise QueryError(f"aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         step = interval_seconds(interval)
         flt = MetricFilter(pattern, tags)
-        if isinstance(group_by, str):
-            raise QueryError(f"group_by: expected a list of tag keys, got the text {group_by!r}")
+        if group_by is not None and (isinstance(group_by, str) or not isinstance(group_by, Sequence)):
+            raise QueryError(f"group_by: expected a list of tag keys, got {group_by!r}")
         group_keys = list(group_by) if group_by is not None else None
         for key in group_keys or []:
             if not isinstance(key, str) or not TAG_KEY_RE.fullmatch(key):
@@ -599,8 +610,15 @@ class QueryEngine:
     # -- ad-hoc SQL and views ------------------------------------------------------
     def sql(self, text: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Run ad-hoc SQL over the lake views (``samples``, ``series``, ``rollups_1m``, ...)."""
-        if not text or not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise QueryError("sql: empty statement")
+        try:
+            kinds = {statement.type for statement in duckdb.extract_statements(text)}
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).split("\n")[0]) from None
+        if not kinds <= _READ_STATEMENTS:
+            names = ", ".join(sorted(kind.name for kind in kinds - _READ_STATEMENTS))
+            raise QueryError(f"sql: only queries (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW) are allowed, not {names}")
         self.refresh_views()
         with self._reading():
             return self._run(text, params, con=self._sql_con)
@@ -630,6 +648,12 @@ class QueryEngine:
             self._views_signature = signature
             if self.database_file is not None:
                 write_database_file(self.database_file, statements)
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise QueryError(f"{name}: expected a number, got {value!r}")
+    return float(value)
 
 
 def _rollup_width(step: int, agg: str, rng: _Range, use_rollups: bool | None) -> int:

@@ -18,6 +18,7 @@ readable.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -38,6 +39,7 @@ from storage.lake import ensure_dir, fsync_dir
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".wal"
+INTENT_SUFFIX = ".intent"
 LOCK_NAME = "LOCK"
 MAGIC = b"METRICS-WAL 1\n"
 _FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
@@ -88,26 +90,34 @@ class WriteAheadLog:
         """This writer's WAL folder."""
         return self.root / self.writer_id
 
-    def open(self, *, first_seq: int = 0) -> None:
-        """Create and lock this writer's folder; sequence numbers continue after ``first_seq``.
+    def open(self) -> None:
+        """Create and lock this writer's folder (call :meth:`continue_after` before the first append).
 
         Raises StorageError when a folder of this id is alive or still holds
         segments (they must be replayed by a writer with another id first).
         """
-        ensure_dir(self.root)
-        starting = self.root / f"{_STARTING_PREFIX}{self.writer_id}-{uuid.uuid4().hex[:8]}"
-        starting.mkdir()
-        lock = open(starting / LOCK_NAME, "ab")
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # new inode: cannot be held by anyone
+        try:
+            ensure_dir(self.root)
+            starting = self.root / f"{_STARTING_PREFIX}{self.writer_id}-{uuid.uuid4().hex[:8]}"
+            starting.mkdir()
+            # LOCK appears only once locked (rename of a locked file), so no one can mistake it for a dead one.
+            lock = open(starting / (LOCK_NAME + ".new"), "ab")
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new inode: nobody else holds it
+            os.rename(starting / (LOCK_NAME + ".new"), starting / LOCK_NAME)
+        except OSError as exc:
+            raise StorageError(f"cannot create a WAL folder under {self.root}: {exc.strerror or exc}") from exc
         try:
             self._take_place(starting)
+            fsync_dir(self.root)
         except BaseException:
             lock.close()
             shutil.rmtree(starting, ignore_errors=True)
             raise
-        fsync_dir(self.root)
         self._lock = lock
-        self._seq = first_seq
+
+    def continue_after(self, seq: int) -> None:
+        """Make the next sequence number larger than ``seq`` (the highest this writer id ever used)."""
+        self._seq = max(self._seq, seq)
 
     def _take_place(self, starting: Path) -> None:
         """Rename the locked starting folder into place, clearing a dead, empty predecessor of this id."""
@@ -117,25 +127,29 @@ class WriteAheadLog:
         except OSError:
             pass
         previous = _open_existing_lock(self.folder)
+        if previous is None:  # no LOCK: not a writer's folder (or one vanishing right now): never touch it
+            raise StorageError(
+                f"WAL folder {self.folder} exists and is not a dead writer's folder; start with another id"
+            )
         try:
-            if previous is not None:
-                try:
-                    fcntl.flock(previous.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise StorageError(f"WAL folder {self.folder} is in use by another live writer") from None
-            if segments(self.folder):
+            try:
+                fcntl.flock(previous.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StorageError(f"WAL folder {self.folder} is in use by another live writer") from None
+            if segments(self.folder) or intents(self.folder):
                 raise StorageError(
                     f"WAL folder {self.folder} holds unreplayed segments of an earlier writer with this id; "
                     "start the writer with another id so it replays them"
                 )
-            shutil.rmtree(self.folder, ignore_errors=True)
-        finally:
-            if previous is not None:
-                previous.close()
-        try:
+            # Holding the dead folder's lock, move it aside first: a rename is atomic, an rmtree is not.
+            aside = self.root / f"{_STARTING_PREFIX}dead-{uuid.uuid4().hex[:8]}"
+            os.rename(self.folder, aside)
             os.rename(starting, self.folder)
+            shutil.rmtree(aside, ignore_errors=True)
         except OSError as exc:
             raise StorageError(f"WAL folder {self.folder} is in use by another writer: {exc.strerror}") from exc
+        finally:
+            previous.close()
 
     def next_seq(self) -> int:
         """Reserve a sequence number (segments and direct file writes share one counter)."""
@@ -149,9 +163,8 @@ class WriteAheadLog:
             self._segment = self.next_seq()
             path = self.folder / segment_name(self._segment)
             try:
-                self._sink = open(path, "wb")
-                self._sink.write(MAGIC)
-                self._sink.flush()
+                self._sink = open(path, "wb", buffering=0)  # unbuffered: a failed write can be cut back
+                _write_all(self._sink, MAGIC)
                 os.fsync(self._sink.fileno())
                 fsync_dir(self.folder)
             except OSError as exc:
@@ -161,8 +174,7 @@ class WriteAheadLog:
         assert self._segment is not None
         start = self._sink.tell()
         try:
-            self._sink.write(frame)
-            self._sink.flush()
+            _write_all(self._sink, frame)
             os.fsync(self._sink.fileno())
         except OSError as exc:
             self._abandon(start)
@@ -177,13 +189,13 @@ class WriteAheadLog:
         if sink is None:
             return
         try:
-            sink.truncate(keep_bytes)
-            sink.flush()
+            os.ftruncate(sink.fileno(), keep_bytes)
             os.fsync(sink.fileno())
         except OSError:
             log.exception("could not cut back WAL segment %s; replay will stop at the bad frame", sink.name)
         finally:
-            sink.close()
+            with contextlib.suppress(OSError):
+                sink.close()
         # The segment keeps its number: its rows stay buffered and are flushed under it.
         self.rows_in_segment = 0
         self.bytes_in_segment = 0
@@ -206,13 +218,46 @@ class WriteAheadLog:
     def close(self, remove_folder: bool = True) -> None:
         """Release the lock; remove the folder when no segment is left."""
         self.seal()
-        if remove_folder and self.folder.is_dir() and not segments(self.folder):
+        if remove_folder and self.folder.is_dir() and not segments(self.folder) and not intents(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
             fsync_dir(self.root)
         if self._lock is not None:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+
+def _write_all(sink: BinaryIO, data: bytes) -> None:
+    """Write every byte to an unbuffered file (a raw write may be partial)."""
+    view = memoryview(data)
+    while view:
+        written = sink.write(view)
+        if not written:
+            raise OSError(5, "short write")
+        view = view[written:]
+
+
+def intent_name(seq: int) -> str:
+    """File name of the intent marker of a bulk write with sequence number ``seq``."""
+    return f"{seq:012d}{INTENT_SUFFIX}"
+
+
+def write_intent(folder: Path, seq: int) -> Path:
+    """Mark files of ``seq`` as being written outside the WAL (a bulk write), durably.
+
+    While the marker exists, compaction leaves those files alone; if the writer
+    dies, recovery deletes the files (they were never acknowledged) and the marker.
+    """
+    path = folder / intent_name(seq)
+    with open(path, "wb", buffering=0) as handle:
+        os.fsync(handle.fileno())
+    fsync_dir(folder)
+    return path
+
+
+def intents(folder: Path) -> list[Path]:
+    """Intent markers of unfinished bulk writes in a WAL folder."""
+    return sorted(folder.glob(f"*{INTENT_SUFFIX}"))
 
 
 def read_segment(path: Path, schema: pa.Schema) -> ReplayedSegment:
@@ -299,7 +344,15 @@ def segments(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"*{SEGMENT_SUFFIX}"))
 
 
-def highest_segment(folder: Path) -> int:
-    """The highest segment number in a folder (0 when none)."""
-    numbers = [int(p.name.removesuffix(SEGMENT_SUFFIX)) for p in segments(folder)]
-    return max(numbers, default=0)
+def remove_folder(folder: Path) -> list[str]:
+    """Delete a replayed WAL folder; files that are not the WAL's own are left (folder and all) and named."""
+    unknown = [
+        p.name for p in folder.iterdir() if p.name != LOCK_NAME and not p.name.endswith((SEGMENT_SUFFIX, INTENT_SUFFIX))
+    ]
+    if unknown:
+        return unknown
+    for item in folder.iterdir():
+        item.unlink(missing_ok=True)
+    folder.rmdir()
+    fsync_dir(folder.parent)
+    return []

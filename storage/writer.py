@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import polars as pl
 
@@ -34,7 +33,16 @@ from metrics.settings import Settings
 from storage.encoding import plain_values
 from storage.lake import SERIES_TABLE, Lake, fsync_dir
 from storage.series import catalog_table, read_catalog
-from storage.wal import WriteAheadLog, orphaned_folders, read_segment, segments
+from storage.wal import (
+    INTENT_SUFFIX,
+    WriteAheadLog,
+    intents,
+    orphaned_folders,
+    read_segment,
+    remove_folder,
+    segments,
+    write_intent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +122,9 @@ class Writer:
     # -- life cycle --------------------------------------------------------
     def open(self, *, background_flush: bool = True) -> RecoveryReport:
         """Take this process's WAL, replay dead writers' WALs, start the timed flusher."""
-        self.wal.open(first_seq=self._highest_file_seq())
+        self.wal.open()
+        # Only now, owning the folder, can no one else write files of this id: continue after them.
+        self.wal.continue_after(self._highest_file_seq())
         self._known_series = set(read_catalog(self.lake).get_column("series_id").to_list())
         self.recovery = self.recover()
         if background_flush:
@@ -132,10 +142,11 @@ class Writer:
             self.wal.close()
 
     def _highest_file_seq(self) -> int:
-        """Highest sequence number already used in the lake by a writer of this id (0 when none)."""
+        """Highest sequence number a writer of this id left in the lake (samples or catalog; 0 when none)."""
         highest = 0
-        for item in self.lake.files("samples"):
-            parsed = parse_sample_file_name(item.name)
+        names = [f.name for f in self.lake.files("samples")] + [p.name for p in self.lake.flat_files(SERIES_TABLE)]
+        for name in names:
+            parsed = parse_sample_file_name(name)
             if parsed is not None and parsed[0] == self.writer_id:
                 highest = max(highest, parsed[1])
         return highest
@@ -169,17 +180,42 @@ class Writer:
         return frame.height
 
     def _write_direct(self, frame: pl.DataFrame) -> int:
-        """Write a bulk frame straight to fsynced Parquet: all of its day files, or none of them."""
+        """Write a bulk frame straight to fsynced Parquet: all of its day files, or none of them.
+
+        An intent marker in the WAL folder covers the write: compaction leaves the
+        files alone meanwhile, and a crash midway is rolled back by recovery.
+        """
         with self._lock:
             seq = self.wal.next_seq()
+            intent = write_intent(self.wal.folder, seq)
         try:
             self._commit(frame, seq, presorted=True)  # a SampleBatch is in lake order
         except BaseException:
-            name = sample_file_name(self.writer_id, seq)
-            for day in self.lake.partitions("samples"):
-                (self.lake.partition_dir("samples", day) / name).unlink(missing_ok=True)
+            self._delete_files(self.writer_id, seq)
+            intent.unlink(missing_ok=True)
             raise
+        intent.unlink()
+        fsync_dir(intent.parent)
+        self._notify()
         return frame.height
+
+    def _delete_files(self, writer_id: str, seq: int) -> None:
+        """Remove the sample files of an unacknowledged write (every day it touched)."""
+        name = sample_file_name(writer_id, seq)
+        for day in self.lake.partitions("samples"):
+            path = self.lake.partition_dir("samples", day) / name
+            if path.exists():
+                path.unlink()
+                fsync_dir(path.parent)
+
+    def _notify(self) -> None:
+        """Tell the owner that tables changed (views refresh); a failure there never fails a write."""
+        if self._on_commit is None:
+            return
+        try:
+            self._on_commit()
+        except Exception:
+            log.exception("refreshing the views after a commit failed; queries refresh them again later")
 
     def flush(self) -> int:
         """Write the buffer to the lake, one file set per WAL segment, dropping each segment after; return rows.
@@ -203,7 +239,8 @@ class Writer:
                 self._buffered_rows -= frame.height
                 flushed += frame.height
             self._buffer_since = None
-            return flushed
+        self._notify()
+        return flushed
 
     def _flush_loop(self) -> None:
         period = max(self.settings.flush_seconds / 4, 0.05)
@@ -231,8 +268,6 @@ class Writer:
         self.stats.bytes_written += written
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.perf_counter() - started
-        if self._on_commit is not None:
-            self._on_commit()
 
     # -- the series catalog ------------------------------------------------
     def _record_series(self, frame: pl.DataFrame, name: str) -> None:
@@ -268,10 +303,17 @@ class Writer:
                     report.segments += 1
                     path.unlink()
                     fsync_dir(folder)
-                _remove_folder(folder)
-                fsync_dir(folder.parent)
+                for marker in intents(folder):  # a bulk write that never finished: take its files back
+                    self._delete_files(folder.name, int(marker.name.removesuffix(INTENT_SUFFIX)))
+                    marker.unlink()
+                    fsync_dir(folder)
+                unknown = remove_folder(folder)
+                if unknown:
+                    report.errors.append(f"{folder.name}: left in place, holds unknown files {unknown}")
             finally:
                 lock.close()
+        if report.rows:
+            self._notify()
         if report.folders:
             log.info(
                 "recovered %d rows from %d segments of %d dead writers", report.rows, report.segments, report.folders
@@ -296,9 +338,3 @@ def _by_day(frame: pl.DataFrame) -> list[tuple[date, pl.DataFrame]]:
         return [(first, frame)]
     parts = frame.with_columns(days.alias("_day")).partition_by("_day", as_dict=True, maintain_order=True)
     return [(key[0], part.drop("_day")) for key, part in sorted(parts.items(), key=lambda item: item[0])]
-
-
-def _remove_folder(folder: Path) -> None:
-    for item in folder.iterdir():
-        item.unlink(missing_ok=True)
-    folder.rmdir()

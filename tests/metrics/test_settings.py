@@ -224,6 +224,11 @@ def test_flush_seconds_must_be_finite(raw: str) -> None:
         ({}, {"batch_size": 0}, "METRICS_BATCH_SIZE (batch_size)=0"),
         ({}, {"retention_days": -1}, "METRICS_RETENTION_DAYS (retention_days)=-1"),
         ({}, {"compression": "brotli2"}, "METRICS_COMPRESSION (compression)='brotli2'"),
+        ({"METRICS_RETENTION_DAYS": "1000000"}, {}, "METRICS_RETENTION_DAYS"),
+        ({"METRICS_MAX_FUTURE_SECONDS": "999999999999"}, {}, "METRICS_MAX_FUTURE_SECONDS"),
+        ({}, {"compression_level": 3.5}, "not a whole number"),
+        ({}, {"batch_size": float("inf")}, "not a whole number"),
+        ({}, {"data_dir": 5}, "not a path"),
     ],
 )
 def test_overrides_and_combinations_are_checked_too(
@@ -232,3 +237,10 @@ def test_overrides_and_combinations_are_checked_too(
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env, **overrides)
     assert message in str(caught.value)
+
+
+def test_an_override_can_repair_an_invalid_environment_combination(tmp_path: Path) -> None:
+    env = {"METRICS_COMPRESSION": "gzip", "METRICS_COMPRESSION_LEVEL": "15"}
+    settings = Settings.from_env(env, compression="zstd", data_dir=str(tmp_path))
+    assert settings.compression_level == 15
+    assert settings.data_dir == tmp_path

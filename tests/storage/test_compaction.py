@@ -650,3 +650,20 @@ def test_compaction_finishes_a_swap_a_dead_compaction_left_before_merging(
     staged.rename(staged.with_name("c-dead.parquet"))
     compact_day(lake, day, wal_root=store.settings.wal_dir, validate=False, force=True)
     assert read_day(lake, day).height == total
+
+
+def test_compaction_leaves_files_of_an_unfinished_bulk_write_alone(
+    store: MetricStore, make_frame: FrameFactory, noon: datetime
+) -> None:
+    from storage.wal import intent_name
+
+    ingest_in_small_files(store, [make_frame(hosts=1, points=5, end=noon)])
+    lake, day = store.lake, noon.date()
+    [item] = lake.files("samples", day, day)
+    writer_id, seq = parse_sample_file_name(item.name)  # type: ignore[misc]
+    folder = store.settings.wal_dir / writer_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / intent_name(seq)).touch()  # as if its bulk write were still running
+    result = compact_day(lake, day, wal_root=store.settings.wal_dir, validate=False)
+    assert result is None or result.skipped_files == 1
+    assert [f.name for f in lake.files("samples", day, day)] == [item.name]

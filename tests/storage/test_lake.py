@@ -326,3 +326,14 @@ def test_drop_partition_archive_merges_into_an_existing_archived_day(lake: Lake,
         "first.parquet",
         "second.parquet",
     ]
+
+
+def test_quarantining_a_file_twice_is_harmless(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    path = lake.table_dir("series") / "bad.parquet"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"junk")
+    first = lake.quarantine_file(path, "series", ValueError("unreadable"))
+    second = lake.quarantine_file(path, "series", ValueError("unreadable"))  # a second reader, a moment later
+    assert first == second
+    assert first.is_file()

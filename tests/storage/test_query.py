@@ -746,9 +746,17 @@ def test_group_by_a_tag_named_like_an_internal_column(store: MetricStore, now: d
 def test_ad_hoc_sql_cannot_change_what_other_queries_see(store: MetricStore, glob_lake: pl.DataFrame) -> None:
     start, end = window(datetime.now(UTC))
     before = store.query_metrics("cpu.*", start, end, {"host": "host-1"})
-    for statement in ("DELETE FROM series_catalog", "DROP TABLE series_catalog"):
+    for statement in (
+        "DELETE FROM series_catalog",
+        "DROP TABLE series_catalog",
+        "CREATE OR REPLACE VIEW samples AS SELECT 1 AS value",
+        "DROP VIEW samples",
+        "ATTACH ':memory:' AS other",
+        "SELECT 1; DROP VIEW samples",
+    ):
         with pytest.raises(QueryError):
             store.sql(statement)
+    assert store.sql("SELECT count(*) AS n FROM samples").item() == glob_lake.height
     with pytest.raises(QueryError):  # outside the lake: refused
         store.sql("SELECT * FROM read_csv('/etc/passwd')")
     with pytest.raises(QueryError):
@@ -802,6 +810,14 @@ def test_a_corrupt_series_catalog_file_is_quarantined_and_queries_go_on(
         (lambda s, a, b: s.query_aggregated("*", None, "1m", a, b), "aggregation"),  # type: ignore[arg-type]
         (lambda s, a, b: s.query_aggregated("*", "avg", "1m", a, b, "host"), "group_by"),  # type: ignore[arg-type]
         (lambda s, a, b: s.sql("SELECT union_value(k := 1) AS u"), None),
+        (lambda s, a, b: s.query_metrics("*", datetime(1, 1, 1), b), "start"),
+        (lambda s, a, b: s.query_metrics("*", a, "9999-12-31T23:59:59-05:00"), "end"),
+        (lambda s, a, b: s.query_aggregated("*", "avg", "1m", a, b, 5), "group_by"),  # type: ignore[arg-type]
+        (lambda s, a, b: s.query_metrics(5, a, b), "pattern"),  # type: ignore[arg-type]
+        (lambda s, a, b: s.query_metrics("m\U0010ffff*", a, b), None),
+        (lambda s, a, b: s.query_metrics("*", a, b, limit="x"), "limit"),
+        (lambda s, a, b: s.query_metrics("*", a, b, above="x"), "above"),
+        (lambda s, a, b: s.engine.latest("*", lookback=timedelta(days=10**6)), None),
     ],
 )
 def test_bad_query_inputs_raise_query_errors(

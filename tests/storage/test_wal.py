@@ -401,3 +401,12 @@ def test_open_on_a_folder_locked_by_another_process_raises(tmp_path: Path) -> No
     log = WriteAheadLog(tmp_path, "busy", SAMPLE_SCHEMA)
     log.open()
     log.close(remove_folder=False)
+
+
+def test_a_folder_of_this_id_without_a_lock_file_is_never_removed(tmp_path: Path) -> None:
+    foreign = tmp_path / "taken"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a WAL folder")
+    with pytest.raises(StorageError, match="not a dead writer"):
+        WriteAheadLog(tmp_path, "taken", SAMPLE_SCHEMA).open()
+    assert (foreign / "notes.txt").is_file()

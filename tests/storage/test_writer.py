@@ -689,3 +689,60 @@ def test_a_bulk_frame_spanning_days_is_all_or_nothing(settings: Settings, noon: 
     finally:
         blocker.unlink()
         bulk.close()
+
+
+def test_a_restarted_id_continues_after_its_catalog_files_too(settings: Settings, noon: datetime) -> None:
+    def point(host: str) -> SampleBatch:
+        return validated(pl.DataFrame({"ts": [noon], "metric": ["c.m"], "value": [1.0], "host": [host]}))
+
+    first = Writer(settings, writer_id="fixed")
+    first.open(background_flush=False)
+    first.write(point("a"))
+    first.close()
+    with open_store(settings) as store:
+        store.compact(validate=False)  # samples merged away; the single catalog file keeps its w- name
+    again = Writer(settings, writer_id="fixed")
+    again.open(background_flush=False)
+    again.write(point("b"))
+    again.close()
+    with open_store(settings) as store:
+        hosts = sorted(store.engine.series("c.m").get_column("tags").to_list())
+    assert hosts == ['{"host":"a"}', '{"host":"b"}']
+
+
+def test_a_bulk_write_that_died_midway_is_taken_back(settings: Settings, noon: datetime) -> None:
+    from storage.wal import write_intent
+
+    dying = Writer(settings, writer_id="bulkdies")
+    dying.open(background_flush=False)
+    seq = dying.wal.next_seq()
+    write_intent(dying.wal.folder, seq)
+    frame = validated(pl.DataFrame({"ts": [noon], "metric": ["d.m"], "value": [1.0]})).frame
+    dying._commit(frame, seq)  # one of its day files made it to the lake, then the process died
+    dying.wal.close(remove_folder=False)
+    assert lake_rows(settings).height == 1
+    with open_store(settings) as store:
+        store.compact(validate=False)
+        assert store.sql("SELECT count(*) AS n FROM samples").item() == 0  # never acknowledged: gone
+    assert not (settings.wal_dir / "bulkdies").exists()
+
+
+def test_a_failing_view_refresh_never_fails_a_write(settings: Settings, noon: datetime) -> None:
+    def broken() -> None:
+        raise RuntimeError("view refresh failed")
+
+    writer = Writer(replace(settings, batch_size=2), writer_id="views", on_commit=broken)
+    writer.open(background_flush=False)
+    try:
+        for value in (1.0, 2.0, 3.0):
+            batch = validated(
+                pl.DataFrame({"ts": [noon + timedelta(seconds=value)], "metric": ["v.m"], "value": [value]})
+            )
+            assert writer.write(batch) == 1
+        big = validated(
+            pl.DataFrame({"ts": [noon, noon + timedelta(seconds=9)], "metric": ["v.n"] * 2, "value": [1.0, 2.0]})
+        )
+        assert writer.write(big) == 2  # the direct path too
+    finally:
+        writer.close()
+    assert lake_rows(settings).height == 5
