@@ -82,7 +82,7 @@ def ingest_mix(samples: int, *, series: int | None = None, seed: int = 7, end: d
         if kind == "counter":
             steps = rng.poisson(rng.uniform(1, 400), points).astype(float)
             counter = np.cumsum(steps)
-            if rng.random() < 0.1:  # a process restart resets the counter
+            if points > 1 and rng.random() < 0.1:  # a process restart resets the counter
                 cut = rng.integers(1, points)
                 counter[cut:] -= counter[cut - 1]
             values[:, j] = counter

@@ -96,3 +96,10 @@ def test_the_ingest_mix_has_one_sample_per_series_and_time() -> None:
     frame = ingest_mix(60_000)
     tags = [c for c in frame.columns if c not in ("ts", "value", "type")]
     assert frame.select(*tags, "ts").is_duplicated().sum() == 0
+
+
+@pytest.mark.parametrize("points", [1, 2, 3])
+def test_the_ingest_mix_works_for_very_short_spans(points: int) -> None:
+    # `metrics demo` run twice in a row asks for only the few seconds since the last run.
+    frame = ingest_mix(points * 40, series=40)
+    assert frame.height == points * 40
