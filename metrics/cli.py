@@ -232,7 +232,9 @@ def compact(
     """
     with open_store() as store:
         days = store.lake.partitions("samples")
-        with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+        with Progress(
+            TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        ) as progress:
             task = progress.add_task("compact", total=len(days))
             results = store.compact(validate=not no_validate, progress=lambda _d: progress.advance(task))
     rows = [
@@ -296,6 +298,51 @@ def reindex() -> None:
 
 
 @app.command()
+def backup(
+    output: Annotated[Path, typer.Option(help="Where to write the backup (.tar.gz), outside the data directory.")],
+) -> None:
+    """Write a consistent backup (lake, WALs, state, models, settings) with a SHA-256 manifest.
+
+    Example: metrics backup --output /backups/metrics-2026-11-28.tar.gz
+    """
+    from storage.backup import create_backup
+
+    config = settings()
+    with Progress(TextColumn("backing up"), BarColumn(), TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("backup", total=_folder_bytes(config.data_dir))
+        result = create_backup(config, output, progress=lambda n: progress.advance(task, n))
+    out.print(
+        f"{result.files} files, {result.bytes_in / 1e6:.1f} MB -> {result.bytes_out / 1e6:.1f} MB "
+        f"in {result.seconds:.1f} s ({result.megabytes_per_second:.0f} MB/s), sha256 {result.sha256}"
+    )
+    print(result.path)
+
+
+@app.command()
+def restore(
+    input_path: Annotated[Path, typer.Option("--input", help="The backup archive to restore.")],
+    force: Annotated[bool, typer.Option(help="Replace a data directory that already holds data.")] = False,
+) -> None:
+    """Verify every checksum of a backup, then restore it into the data directory.
+
+    Example: metrics --data-dir ./data restore --input /backups/metrics-2026-11-28.tar.gz
+    """
+    from storage.backup import restore_backup
+
+    with Progress(TextColumn("restoring"), BarColumn(), TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("restore", total=None)
+        result = restore_backup(input_path, settings(), force=force, progress=lambda n: progress.advance(task, n))
+    out.print(
+        f"restored {result.files} files ({result.bytes / 1e6:.1f} MB, backup of {result.created_at}) "
+        f"in {result.seconds:.1f} s ({result.megabytes_per_second:.0f} MB/s)"
+    )
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+@app.command()
 def demo(
     hours: Annotated[float, typer.Option(help="Hours of history to generate when the lake is empty.")] = 6.0,
     series: Annotated[int, typer.Option(help="Number of series in the generated mix.")] = 300,
@@ -322,7 +369,9 @@ def demo(
             result = store.ingest_frame(frame)
             store.flush()
             out.print(f"stored {result.stored:,} samples ({result.samples_per_second:,.0f} samples/s)")
-        with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+        with Progress(
+            TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        ) as progress:
             days = store.lake.partitions("samples")
             task = progress.add_task("compact", total=len(days))
             compacted = store.compact(progress=lambda _d: progress.advance(task))
