@@ -6,6 +6,7 @@ with the variable's name, its value and what is allowed.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,9 @@ ENV_NAMES = {
     "prefect_port": "METRICS_PREFECT_PORT",
     "log_level": "LOG_LEVEL",
     "smtp_port": "SMTP_PORT",
+    "system_interval": "METRICS_SYSTEM_INTERVAL",
+    "adaptive_sampling": "METRICS_ADAPTIVE_SAMPLING",
+    "intelligent_batching": "METRICS_INTELLIGENT_BATCHING",
 }
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -132,37 +136,58 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     slack_webhook_url: str | None = field(default=None, repr=False)
+    system_interval: float = 30.0
+    adaptive_sampling: bool = True
+    intelligent_batching: bool = True
+    config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from ``env`` (default: ``os.environ``); keyword overrides win."""
         env = os.environ if env is None else env
+        config_file = _config_file(env)
+        # Precedence: built-in defaults < the config file < environment variables < keyword overrides.
+        base = {**_DEFAULTS, **(load_config(config_file) if config_file else {})}
+        db_default = base["db_path"]
         values: dict[str, Any] = {
-            "data_dir": Path(env.get("METRICS_DATA_DIR") or "data"),
-            "storage_type": _choice(env, "METRICS_STORAGE_TYPE", "lake", STORAGE_TYPES),
-            "db_path": Path(env["METRICS_DB_PATH"]) if env.get("METRICS_DB_PATH") else None,
-            "batch_size": _int(env, "METRICS_BATCH_SIZE", 100_000, minimum=1),
-            "flush_seconds": _float(env, "METRICS_FLUSH_SECONDS", 2.0, minimum=0.0, maximum=86_400.0),
-            "compression": _choice(env, "METRICS_COMPRESSION", "zstd", COMPRESSIONS),
-            "compression_level": _int(env, "METRICS_COMPRESSION_LEVEL", 3, minimum=1, maximum=22),
-            "retention_days": _int(env, "METRICS_RETENTION_DAYS", 90, minimum=1),
-            "archive": _bool(env, "METRICS_ARCHIVE", False),
-            "max_future_seconds": _int(env, "METRICS_MAX_FUTURE_SECONDS", 600, minimum=0),
-            "api_host": env.get("METRICS_API_HOST") or "127.0.0.1",
-            "api_port": _int(env, "METRICS_API_PORT", 8080, minimum=1, maximum=65535),
-            "prefect_port": _int(env, "METRICS_PREFECT_PORT", 4200, minimum=1, maximum=65535),
-            "log_level": _choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
-            "smtp_server": env.get("SMTP_SERVER") or None,
-            "smtp_port": _int(env, "SMTP_PORT", 25, minimum=1, maximum=65535),
-            "smtp_username": env.get("SMTP_USERNAME") or None,
-            "smtp_password": env.get("SMTP_PASSWORD") or None,
+            "data_dir": Path(env.get("METRICS_DATA_DIR") or base["data_dir"]),
+            "storage_type": _choice(env, "METRICS_STORAGE_TYPE", base["storage_type"], STORAGE_TYPES),
+            "db_path": Path(env["METRICS_DB_PATH"]) if env.get("METRICS_DB_PATH") else db_default and Path(db_default),
+            "batch_size": _int(env, "METRICS_BATCH_SIZE", base["batch_size"], minimum=1),
+            "flush_seconds": _float(env, "METRICS_FLUSH_SECONDS", base["flush_seconds"], minimum=0.0, maximum=86_400.0),
+            "compression": _choice(env, "METRICS_COMPRESSION", base["compression"], COMPRESSIONS),
+            "compression_level": _int(
+                env, "METRICS_COMPRESSION_LEVEL", base["compression_level"], minimum=1, maximum=22
+            ),
+            "retention_days": _int(env, "METRICS_RETENTION_DAYS", base["retention_days"], minimum=1),
+            "archive": _bool(env, "METRICS_ARCHIVE", base["archive"]),
+            "max_future_seconds": _int(env, "METRICS_MAX_FUTURE_SECONDS", base["max_future_seconds"], minimum=0),
+            "api_host": env.get("METRICS_API_HOST") or base["api_host"],
+            "api_port": _int(env, "METRICS_API_PORT", base["api_port"], minimum=1, maximum=65535),
+            "prefect_port": _int(env, "METRICS_PREFECT_PORT", base["prefect_port"], minimum=1, maximum=65535),
+            "log_level": _choice(env, "LOG_LEVEL", base["log_level"], LOG_LEVELS, upper=True),
+            "smtp_server": env.get("SMTP_SERVER") or base["smtp_server"],
+            "smtp_port": _int(env, "SMTP_PORT", base["smtp_port"], minimum=1, maximum=65535),
+            "smtp_username": env.get("SMTP_USERNAME") or base["smtp_username"],
+            "smtp_password": env.get("SMTP_PASSWORD") or None,  # secrets come from the environment only
             "slack_webhook_url": env.get("SLACK_WEBHOOK_URL") or None,
+            "system_interval": _float(
+                env, "METRICS_SYSTEM_INTERVAL", base["system_interval"], minimum=0.0, maximum=86_400.0
+            ),
+            "adaptive_sampling": _bool(env, "METRICS_ADAPTIVE_SAMPLING", base["adaptive_sampling"]),
+            "intelligent_batching": _bool(env, "METRICS_INTELLIGENT_BATCHING", base["intelligent_batching"]),
+            "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             known = ", ".join(f.name for f in fields(cls))
             raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {known}")
-        return cls(**{**values, **overrides})  # one construction: overrides may repair the environment
+        try:
+            return cls(**{**values, **overrides})  # one construction: overrides may repair the environment
+        except ConfigError as exc:
+            if config_file is None:
+                raise
+            raise ConfigError(f"{exc} (set in the environment or in {config_file})") from None
 
     def __post_init__(self) -> None:
         """Check every value, however the settings were built (environment or keyword overrides)."""
@@ -180,6 +205,7 @@ class Settings:
         _check_range(self, "retention_days", 1, 36_500)
         _check_range(self, "max_future_seconds", 0, 7 * 86_400)
         _check_range(self, "flush_seconds", 0.001, 86_400)
+        _check_range(self, "system_interval", 0.1, 86_400)
         for port in _PORTS:
             _check_range(self, port, 1, 65_535)
         _check_choice(self, "storage_type", STORAGE_TYPES)
@@ -212,6 +238,102 @@ class Settings:
     def duckdb_path(self) -> Path:
         """The DuckDB database file holding views over the lake."""
         return self.db_path if self.db_path is not None else self.data_dir / "metrics.duckdb"
+
+
+# The configuration file's shape: section -> key -> (setting, accepted JSON type).
+CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
+    "deployment": {
+        "api_host": ("api_host", str),
+        "api_port": ("api_port", int),
+        "prefect_port": ("prefect_port", int),
+        "log_level": ("log_level", str),
+    },
+    "collector": {
+        "system_interval": ("system_interval", (int, float)),
+        "adaptive_sampling": ("adaptive_sampling", bool),
+        "intelligent_batching": ("intelligent_batching", bool),
+    },
+    "storage": {
+        "type": ("storage_type", str),
+        "data_dir": ("data_dir", str),
+        "db_path": ("db_path", (str, type(None))),
+        "batch_size": ("batch_size", int),
+        "flush_seconds": ("flush_seconds", (int, float)),
+        "compression": ("compression", str),
+        "compression_level": ("compression_level", int),
+        "retention_days": ("retention_days", int),
+        "archive": ("archive", bool),
+        "max_future_seconds": ("max_future_seconds", int),
+    },
+    "monitoring": {
+        "smtp_server": ("smtp_server", (str, type(None))),
+        "smtp_port": ("smtp_port", int),
+        "smtp_username": ("smtp_username", (str, type(None))),
+    },
+}
+_DEFAULTS: dict[str, Any] = {
+    "data_dir": "data",
+    "storage_type": "lake",
+    "db_path": None,
+    "batch_size": 100_000,
+    "flush_seconds": 2.0,
+    "compression": "zstd",
+    "compression_level": 3,
+    "retention_days": 90,
+    "archive": False,
+    "max_future_seconds": 600,
+    "api_host": "127.0.0.1",
+    "api_port": 8080,
+    "prefect_port": 4200,
+    "log_level": "INFO",
+    "smtp_server": None,
+    "smtp_port": 25,
+    "smtp_username": None,
+    "system_interval": 30.0,
+    "adaptive_sampling": True,
+    "intelligent_batching": True,
+}
+DEFAULT_CONFIG_FILE = Path("deployments") / "main.json"
+
+
+def _config_file(env: Mapping[str, str]) -> Path | None:
+    """``METRICS_CONFIG`` (which must exist), else ``deployments/main.json`` when present."""
+    named = env.get("METRICS_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"METRICS_CONFIG={named!r}: no such file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a ``main.json``: settings by name; errors name the file, the key and the reason."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected an object with sections {', '.join(CONFIG_SCHEMA)}")
+    values: dict[str, Any] = {}
+    for section, entries in document.items():
+        schema = CONFIG_SCHEMA.get(section)
+        if schema is None:
+            raise ConfigError(f"{path}: unknown section {section!r}; allowed: {', '.join(CONFIG_SCHEMA)}")
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path}: section {section!r} must be an object")
+        for key, value in entries.items():
+            if key not in schema:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}'; allowed: {', '.join(schema)}")
+            name, accepted = schema[key]
+            if isinstance(value, bool) and bool not in (accepted if isinstance(accepted, tuple) else (accepted,)):
+                raise ConfigError(f"{path}: '{section}.{key}' = {value!r} has the wrong type")
+            if not isinstance(value, accepted):
+                raise ConfigError(f"{path}: '{section}.{key}' = {value!r} has the wrong type")
+            values[name] = value
+    return values
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -244,3 +244,56 @@ def test_an_override_can_repair_an_invalid_environment_combination(tmp_path: Pat
     settings = Settings.from_env(env, compression="zstd", data_dir=str(tmp_path))
     assert settings.compression_level == 15
     assert settings.data_dir == tmp_path
+
+
+# --- the configuration file (deployments/main.json) ------------------------------------------------
+
+
+def write_config(tmp_path: Path, text: str) -> dict[str, str]:
+    path = tmp_path / "main.json"
+    path.write_text(text, encoding="utf-8")
+    return {"METRICS_CONFIG": str(path)}
+
+
+def test_the_shipped_main_json_holds_the_defaults() -> None:
+    root = Path(__file__).resolve().parents[2]
+    shipped = Settings.from_env({"METRICS_CONFIG": str(root / "deployments" / "main.json")})
+    defaults = Settings()
+    for name in ("batch_size", "retention_days", "compression", "api_port", "system_interval", "adaptive_sampling"):
+        assert getattr(shipped, name) == getattr(defaults, name)
+
+
+def test_the_file_sets_values_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    env = write_config(
+        tmp_path, '{"storage": {"batch_size": 500, "retention_days": 30}, "collector": {"system_interval": 10}}'
+    )
+    from_file = Settings.from_env(env)
+    assert (from_file.batch_size, from_file.retention_days, from_file.system_interval) == (500, 30, 10)
+    overridden = Settings.from_env({**env, "METRICS_BATCH_SIZE": "700"}, retention_days=7)
+    assert (overridden.batch_size, overridden.retention_days) == (700, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"storage": {"batch_size": 5,}}', "invalid JSON at line 1"),
+        ('{"storge": {}}', "unknown section 'storge'"),
+        ('{"storage": {"batch_sz": 5}}', "unknown key 'storage.batch_sz'"),
+        ('{"storage": {"batch_size": "many"}}', "'storage.batch_size' = 'many' has the wrong type"),
+        ('{"collector": {"adaptive_sampling": "yes"}}', "'collector.adaptive_sampling'"),
+        ('{"storage": {"retention_days": true}}', "'storage.retention_days' = True has the wrong type"),
+        ('{"storage": {"compression": "brotli"}}', "main.json"),
+        ("[1, 2]", "expected an object"),
+    ],
+)
+def test_a_bad_config_file_names_the_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    env = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert message in str(caught.value)
+    assert "main.json" in str(caught.value)
+
+
+def test_a_missing_config_file_named_by_the_environment_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="METRICS_CONFIG"):
+        Settings.from_env({"METRICS_CONFIG": str(tmp_path / "absent.json")})
