@@ -429,3 +429,17 @@ def test_absurd_durations_are_refused_cleanly(cli: Cli, args: tuple[str, ...]) -
     result = cli(*args)
     assert result.code == 1
     assert result.err.strip().startswith("Error: duration")
+
+
+def test_demo_runs_end_to_end_and_again(cli: Cli) -> None:
+    # What `make run` runs, small: generate, store, compact and validate, query; then once more at once.
+    first = cli("demo", "--hours", "0.2", "--series", "30")
+    assert first.code == 0, first.err
+    assert "stored" in first.out
+    assert "0 quarantined" in first.out
+    again = cli("demo", "--hours", "0.2", "--series", "30")
+    assert again.code == 0, again.err
+    counts = cli("sql", "SELECT count(*) AS n, count(DISTINCT series_id) AS s FROM samples", "--format", "json")
+    row = json.loads(counts.out)[0]
+    assert row["s"] == 30
+    assert row["n"] >= 30 * 70  # 0.2 h at 10 s is 72 points per series
