@@ -271,28 +271,8 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "smtp_username": ("smtp_username", (str, type(None))),
     },
 }
-_DEFAULTS: dict[str, Any] = {
-    "data_dir": "data",
-    "storage_type": "lake",
-    "db_path": None,
-    "batch_size": 100_000,
-    "flush_seconds": 2.0,
-    "compression": "zstd",
-    "compression_level": 3,
-    "retention_days": 90,
-    "archive": False,
-    "max_future_seconds": 600,
-    "api_host": "127.0.0.1",
-    "api_port": 8080,
-    "prefect_port": 4200,
-    "log_level": "INFO",
-    "smtp_server": None,
-    "smtp_port": 25,
-    "smtp_username": None,
-    "system_interval": 30.0,
-    "adaptive_sampling": True,
-    "intelligent_batching": True,
-}
+# The built-in defaults are the dataclass's own: one place to change them.
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
 DEFAULT_CONFIG_FILE = Path("deployments") / "main.json"
 
 

@@ -302,7 +302,7 @@ class QueryEngine:
         found = self._run(f"SELECT series_id FROM {source} WHERE {where}", params)
         return found.get_column("series_id").to_list()
 
-    def _where(self, flt: MetricFilter, ids: list[int] | None, ts_column: str = "ts") -> tuple[str, list[Any]]:
+    def _where(self, flt: MetricFilter, ids: list[int] | None) -> tuple[str, list[Any]]:
         where, params = flt.metric_sql()
         if ids is not None:
             where += f" AND series_id IN ({', '.join(str(int(i)) for i in ids)})"

@@ -42,10 +42,10 @@ class IngestResult:
         """Stored rows per second of wall time."""
         return self.stored / self.seconds if self.seconds > 0 else 0.0
 
-    def merge(self, other: IngestResult, offset: int = 0) -> None:
-        """Add another result (its rejection indices shifted by ``offset``)."""
+    def merge(self, other: IngestResult) -> None:
+        """Add another result (its rejection indices already count over the whole input)."""
         self.stored += other.stored
-        self.rejected.extend(Rejection(r.index + offset, r.reason) for r in other.rejected)
+        self.rejected.extend(other.rejected)
         self.seconds += other.seconds
 
     def to_dict(self) -> dict[str, Any]:
