@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help setup run demo test lint typecheck format requirements bench clean
+.PHONY: help setup run demo test lint typecheck format requirements bench manifests clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 setup: $(VENV)/.synced ## Create the virtual environment from the lock file
 
-run: setup ## Run the system on embedded defaults (demo data, compaction, queries)
+run: setup ## Run the whole system: Prefect server + UI and every scheduled flow (Ctrl-C stops it)
+	$(PY) -m metrics.deploy --mode=development
+
+demo: setup ## Load realistic demo data, compact it and run the standard queries
 	$(PY) -m metrics demo
 
 test: setup ## Lint, type-check and run the test suite with coverage
@@ -53,6 +56,9 @@ requirements: setup ## Export requirements.txt and requirements-dev.txt from the
 bench: setup ## Run the ingest and query benchmarks (10 M samples each)
 	$(PY) -m metrics bench ingest --json
 	$(PY) -m metrics bench query --json
+
+manifests: setup ## Regenerate deployments/docker-compose.yml, deployments/k8s/ and deployments/prefect.yaml
+	$(PY) -m metrics.manifests
 
 clean: ## Remove the environment and caches (keeps data/)
 	rm -rf $(VENV) $(UV_BIN) .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

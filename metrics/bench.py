@@ -314,3 +314,113 @@ def bench_query(
         finally:
             store.close()
     return {"samples": result.stored, "repeats": repeats, "queries": figures}
+
+
+def bench_flows(runs: int = 10, *, interval: float = 5.0, console: Console | None = None) -> dict[str, Any]:
+    """Overhead of scheduled flow runs under ``metrics deploy``: time to healthy, run latency, memory.
+
+    Starts ``python -m metrics.deploy --mode=development`` serving only
+    ``collect-system-metrics`` every ``interval`` seconds on free loopback ports
+    and a temporary data directory, waits for ``runs`` completed runs while
+    sampling the resident memory of each flow-run process, then stops it and
+    reads the runs back from the Prefect API. Overhead is a run's wall time
+    (start to end) minus the time its task spent working.
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.objects import StateType
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    say = console.print if console is not None else (lambda *a, **k: None)
+    folder = Path(tempfile.mkdtemp(prefix="metrics-bench-flows-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "METRICS_"))}
+    env.update(
+        METRICS_DATA_DIR=str(folder / "data"),
+        METRICS_PREFECT_PORT=str(port),
+        METRICS_SYSTEM_INTERVAL=str(interval),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metrics.deploy", "--mode=development", "--job", "collect-system-metrics"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    healthy_after = None
+    peak_rss: dict[int, int] = {}
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "healthy after" in line:
+                healthy_after = time.perf_counter() - started
+                break
+        if healthy_after is None:
+            raise RuntimeError("metrics deploy exited before the Prefect server was healthy")
+        say(f"healthy after {healthy_after:.1f} s; waiting for {runs} runs every {interval:g} s")
+        client = SyncPrefectClient(api=api)
+        flow_filter = FlowFilter(name=FlowFilterName(any_=["collect-system-metrics"]))
+        deadline = time.monotonic() + runs * interval * 3 + 120
+        finished: list[Any] = []
+        runner_pids: set[int] = set()
+        while time.monotonic() < deadline:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                try:
+                    if "flows.serve" in " ".join(child.cmdline()):
+                        runner_pids.add(child.pid)
+                    elif child.ppid() in runner_pids:  # a flow run's own process
+                        peak_rss[child.pid] = max(peak_rss.get(child.pid, 0), child.memory_info().rss)
+                except psutil.Error:
+                    continue
+            finished = [
+                run
+                for run in client.read_flow_runs(flow_filter=flow_filter, limit=200)
+                if run.state_type == StateType.COMPLETED
+            ]
+            if len(finished) >= runs:
+                break
+            time.sleep(0.2)
+        finished = sorted(finished, key=lambda run: run.start_time)[:runs]
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in finished]))
+        )
+        task_seconds: dict[Any, float] = {}
+        for task_run in tasks:
+            task_seconds[task_run.flow_run_id] = task_seconds.get(task_run.flow_run_id, 0.0) + (
+                task_run.total_run_time.total_seconds()
+            )
+        wall = [(run.end_time - run.start_time).total_seconds() for run in finished]
+        lag = [(run.start_time - run.expected_start_time).total_seconds() for run in finished]
+        overhead = [w - task_seconds.get(run.id, 0.0) for w, run in zip(wall, finished, strict=True)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=120)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    rss = sorted(peak_rss.values())
+    return {
+        "runs": len(finished),
+        "interval_s": interval,
+        "healthy_after_s": round(healthy_after, 2),
+        "run_wall_p50_s": round(statistics.median(wall), 3) if wall else None,
+        "run_overhead_p50_s": round(statistics.median(overhead), 3) if overhead else None,
+        "start_lag_p50_s": round(statistics.median(lag), 3) if lag else None,
+        "flow_run_rss_p50_mb": round(statistics.median(rss) / 1e6, 1) if rss else None,
+        "flow_run_rss_max_mb": round(rss[-1] / 1e6, 1) if rss else None,
+    }

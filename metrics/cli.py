@@ -343,6 +343,55 @@ def _folder_bytes(folder: Path) -> int:
 
 
 @app.command()
+def deploy(
+    mode: Annotated[str, typer.Option(help="development (serve flows here) or production (work pool + workers).")] = (
+        "development"
+    ),
+    storage: Annotated[str, typer.Option(help="Storage backend (only: lake).")] = "lake",
+    infrastructure: Annotated[
+        str, typer.Option(help="local runs here; docker / kubernetes render manifests and print the apply command.")
+    ] = "local",
+    enable_monitoring: Annotated[
+        bool, typer.Option("--enable-monitoring/--disable-monitoring", help="Serve the collectors too.")
+    ] = True,
+    enable_prometheus: Annotated[
+        bool, typer.Option(help="Also write a Prometheus config scraping the system.")
+    ] = False,
+    enable_grafana: Annotated[bool, typer.Option(help="Also write Grafana's data-source provisioning.")] = False,
+    auto_tune: Annotated[bool, typer.Option(help="Batch size and workers from this machine's cores and memory.")] = (
+        False
+    ),
+    setup_systemd: Annotated[
+        bool, typer.Option(help="Write a systemd unit for this command and print how to install it.")
+    ] = (False),
+    output: Annotated[Path | None, typer.Option(help="Where rendered files go (default: DATA_DIR/deploy/...).")] = None,
+    job: Annotated[list[str] | None, typer.Option(help="Serve only this job (repeatable).")] = None,
+) -> None:
+    """Start the Prefect server and serve every scheduled flow; stop it all with Ctrl-C or SIGTERM.
+
+    Example: metrics deploy --mode development   (also: python -m metrics.deploy --mode=development)
+    """
+    from metrics.deploy import DeployOptions
+    from metrics.deploy import deploy as run_deploy
+
+    options = DeployOptions(
+        mode=mode,
+        storage=storage,
+        infrastructure=infrastructure,
+        enable_monitoring=enable_monitoring,
+        enable_prometheus=enable_prometheus,
+        enable_grafana=enable_grafana,
+        auto_tune=auto_tune,
+        setup_systemd=setup_systemd,
+        output=output,
+        jobs=tuple(job or ()),
+    )
+    code = run_deploy(settings(), options, echo=lambda line: out.print(line, markup=False, highlight=False))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def demo(
     hours: Annotated[float, typer.Option(help="Hours of history to generate when the lake is empty.")] = 6.0,
     series: Annotated[int, typer.Option(help="Number of series in the generated mix.")] = 300,
@@ -430,6 +479,21 @@ def bench_query_command(
 
     figures = bench_query(samples, repeats=repeats, data_dir=keep, console=err)
     _print_figures(figures, as_json)
+
+
+@bench_app.command("flows")
+def bench_flows_command(
+    runs: Annotated[int, typer.Option(help="Completed scheduled runs to measure.")] = 10,
+    interval: Annotated[float, typer.Option(help="Schedule interval of the measured flow, seconds.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+) -> None:
+    """Time to healthy of `metrics deploy` and the overhead (seconds, memory) of one scheduled flow run.
+
+    Example: metrics bench flows --runs 10 --json
+    """
+    from metrics.bench import bench_flows
+
+    _print_figures(bench_flows(runs, interval=interval, console=err), as_json)
 
 
 def _print_figures(figures: dict[str, Any], as_json: bool) -> None:

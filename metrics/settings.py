@@ -39,6 +39,14 @@ ENV_NAMES = {
     "system_interval": "METRICS_SYSTEM_INTERVAL",
     "adaptive_sampling": "METRICS_ADAPTIVE_SAMPLING",
     "intelligent_batching": "METRICS_INTELLIGENT_BATCHING",
+    "compact_interval": "METRICS_COMPACT_INTERVAL",
+    "retention_interval": "METRICS_RETENTION_INTERVAL",
+    "backup_interval": "METRICS_BACKUP_INTERVAL",
+    "backup_dir": "METRICS_BACKUP_DIR",
+    "backup_keep": "METRICS_BACKUP_KEEP",
+    "prefect_database_url": "METRICS_PREFECT_DATABASE_URL",
+    "workers": "METRICS_WORKERS",
+    "prefect_api": "PREFECT_API_URL",
 }
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -139,6 +147,14 @@ class Settings:
     system_interval: float = 30.0
     adaptive_sampling: bool = True
     intelligent_batching: bool = True
+    compact_interval: float = 3600.0
+    retention_interval: float = 86_400.0
+    backup_interval: float = 86_400.0
+    backup_dir: Path | None = None
+    backup_keep: int = 7
+    prefect_database_url: str | None = field(default=None, repr=False)
+    workers: int = 2
+    prefect_api: str | None = None
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -176,6 +192,18 @@ class Settings:
             ),
             "adaptive_sampling": _bool(env, "METRICS_ADAPTIVE_SAMPLING", base["adaptive_sampling"]),
             "intelligent_batching": _bool(env, "METRICS_INTELLIGENT_BATCHING", base["intelligent_batching"]),
+            **{
+                name: _float(env, ENV_NAMES[name], base[name], minimum=0.0, maximum=366 * 86_400.0)
+                for name in ("compact_interval", "retention_interval", "backup_interval")
+            },
+            "backup_dir": Path(env["METRICS_BACKUP_DIR"])
+            if env.get("METRICS_BACKUP_DIR")
+            else base["backup_dir"] and Path(base["backup_dir"]),
+            "backup_keep": _int(env, "METRICS_BACKUP_KEEP", base["backup_keep"], minimum=1, maximum=10_000),
+            # A database URL may carry a password: the environment only, never main.json.
+            "prefect_database_url": env.get("METRICS_PREFECT_DATABASE_URL") or None,
+            "workers": _int(env, "METRICS_WORKERS", base["workers"], minimum=1, maximum=256),
+            "prefect_api": env.get("PREFECT_API_URL") or None,  # an external Prefect server (production)
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -191,13 +219,14 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Check every value, however the settings were built (environment or keyword overrides)."""
-        for name in ("data_dir", "db_path"):
+        for name in ("data_dir", "db_path", "backup_dir"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
             elif value is not None and not isinstance(value, Path):
                 raise ConfigError(f"{_label(name)}={value!r} is not a path")
-        for name in ("batch_size", "retention_days", "max_future_seconds", "compression_level", *_PORTS):
+        whole = ("batch_size", "retention_days", "max_future_seconds", "compression_level", "backup_keep", "workers")
+        for name in (*whole, *_PORTS):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{_label(name)}={value!r} is not a whole number")
@@ -206,6 +235,10 @@ class Settings:
         _check_range(self, "max_future_seconds", 0, 7 * 86_400)
         _check_range(self, "flush_seconds", 0.001, 86_400)
         _check_range(self, "system_interval", 0.1, 86_400)
+        for name in ("compact_interval", "retention_interval", "backup_interval"):
+            _check_range(self, name, 1, 366 * 86_400)
+        _check_range(self, "backup_keep", 1, 10_000)
+        _check_range(self, "workers", 1, 256)
         for port in _PORTS:
             _check_range(self, port, 1, 65_535)
         _check_choice(self, "storage_type", STORAGE_TYPES)
@@ -235,6 +268,21 @@ class Settings:
         return self.data_dir / "archive"
 
     @property
+    def backups_dir(self) -> Path:
+        """Where the scheduled backup writes its archives (outside the backed-up folders)."""
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def prefect_dir(self) -> Path:
+        """Prefect's home when ``metrics deploy`` runs the server: its SQLite database and logs."""
+        return self.data_dir / "prefect"
+
+    @property
+    def prefect_api_url(self) -> str:
+        """The Prefect API: ``PREFECT_API_URL`` when set, else the server ``metrics deploy`` runs on loopback."""
+        return self.prefect_api or f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
     def duckdb_path(self) -> Path:
         """The DuckDB database file holding views over the lake."""
         return self.db_path if self.db_path is not None else self.data_dir / "metrics.duckdb"
@@ -247,6 +295,10 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "api_port": ("api_port", int),
         "prefect_port": ("prefect_port", int),
         "log_level": ("log_level", str),
+        "workers": ("workers", int),
+        "compact_interval": ("compact_interval", (int, float)),
+        "retention_interval": ("retention_interval", (int, float)),
+        "backup_interval": ("backup_interval", (int, float)),
     },
     "collector": {
         "system_interval": ("system_interval", (int, float)),
@@ -264,6 +316,8 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "retention_days": ("retention_days", int),
         "archive": ("archive", bool),
         "max_future_seconds": ("max_future_seconds", int),
+        "backup_dir": ("backup_dir", (str, type(None))),
+        "backup_keep": ("backup_keep", int),
     },
     "monitoring": {
         "smtp_server": ("smtp_server", (str, type(None))),

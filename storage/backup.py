@@ -120,8 +120,9 @@ def create_backup(settings: Settings, output: Path, *, progress: Callable[[int],
     started = time.perf_counter()
     data_dir = settings.data_dir.resolve()
     output = output.resolve()
-    if output.is_relative_to(data_dir):
-        raise StorageError(f"backup: {output} is inside the data directory {data_dir}; write it elsewhere")
+    inside = [part for part in _PARTS if output.is_relative_to(data_dir / part)]
+    if inside:
+        raise StorageError(f"backup: {output} is inside {data_dir / inside[0]}, which is backed up; write it elsewhere")
     ensure_dir(output.parent)
     lake = Lake(settings.lake_dir, compression=settings.compression, compression_level=settings.compression_level)
     entries: list[dict[str, Any]] = []

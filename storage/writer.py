@@ -1,11 +1,13 @@
 """The writer: validated samples -> write-ahead log -> sorted Parquet files in the day partitions.
 
 Small batches are appended to this process's WAL (fsync, then acknowledged)
-and buffered; the buffer is flushed to one Parquet file per day every
-``flush_seconds`` or ``batch_size`` rows, after which the WAL segment is
-deleted. A bulk frame of at least ``batch_size`` rows skips the WAL: it is
-written straight to fsynced Parquet files before it is acknowledged, which is
-just as durable and half the I/O.
+and buffered; the buffer is flushed to one Parquet file per day when the
+flush policy (``storage.batching``) says so -- every ``flush_seconds`` or
+``batch_size`` rows, or, with ``intelligent_batching``, at a size that follows
+the arrival rate -- after which the WAL segment is deleted. A bulk frame of at
+least ``batch_size`` rows skips the WAL: it is written straight to fsynced
+Parquet files before it is acknowledged, which is just as durable and half the
+I/O.
 
 File names are ``w-<writer_id>-<seq>.parquet``, where ``seq`` is the WAL
 segment number, so replaying a segment rewrites the same file names (an
@@ -30,6 +32,7 @@ import polars as pl
 from metrics.errors import MetricsError
 from metrics.model import SAMPLE_SCHEMA, SORT_KEY, SampleBatch
 from metrics.settings import Settings
+from storage.batching import FlushPolicy
 from storage.encoding import plain_values
 from storage.lake import SERIES_TABLE, Lake, fsync_dir
 from storage.series import catalog_table, read_catalog
@@ -90,6 +93,9 @@ class WriterStats:
     bytes_written: int = 0
     flushes: int = 0
     last_flush_seconds: float = 0.0
+    target_rows: int = 0  # the flush policy's current file size (buffered rows that make a flush)
+    arrival_rate: float = 0.0  # rows/s, as the flush policy estimates it
+    flush_deadline_seconds: float = 0.0  # age of the oldest buffered row that makes a flush
 
 
 class Writer:
@@ -101,6 +107,7 @@ class Writer:
         lake: Lake | None = None,
         writer_id: str | None = None,
         on_commit: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.lake = lake or Lake(
@@ -108,7 +115,9 @@ class Writer:
         )
         self.writer_id = writer_id or new_writer_id()
         self.wal = WriteAheadLog(settings.wal_dir, self.writer_id, SAMPLE_SCHEMA)
-        self.stats = WriterStats()
+        self.policy = FlushPolicy.from_settings(settings)
+        self._clock = clock  # the flush policy's time (monotonic seconds); a test may pass a fake one
+        self.stats = WriterStats(target_rows=self.policy.target_rows, flush_deadline_seconds=self.policy.deadline)
         self._buffer: list[tuple[int, pl.DataFrame]] = []  # (WAL segment, rows appended to it)
         self._buffered_rows = 0
         self._buffer_since: float | None = None
@@ -168,16 +177,25 @@ class Writer:
             return self._write_direct(frame)
         with self._lock:
             seq = self.wal.append(frame.to_arrow())
+            now = self._clock()
+            self._observe(frame.height, now)
             self._buffer.append((seq, frame))
             self._buffered_rows += frame.height
             if self._buffer_since is None:
-                self._buffer_since = time.monotonic()
-            if self._buffered_rows >= self.settings.batch_size:
+                self._buffer_since = now
+            if self._buffered_rows >= self.policy.target_rows:
                 try:
                     self.flush()
                 except MetricsError:  # the batch is durable in the WAL: acknowledge it, flush later
                     log.exception("flush failed; %d rows stay in the WAL for the next flush", self._buffered_rows)
         return frame.height
+
+    def _observe(self, rows: int, now: float) -> None:
+        """Tell the flush policy of an acknowledged write; export its figures."""
+        self.policy.observe(rows, now)
+        self.stats.target_rows = self.policy.target_rows
+        self.stats.arrival_rate = self.policy.rate_
+        self.stats.flush_deadline_seconds = self.policy.deadline
 
     def _write_direct(self, frame: pl.DataFrame) -> int:
         """Write a bulk frame straight to fsynced Parquet: all of its day files, or none of them.
@@ -242,15 +260,20 @@ class Writer:
         self._notify()
         return flushed
 
+    def flush_if_due(self) -> int:
+        """Flush if the policy says the buffer is due (by its age, or its size after a failed flush); return rows."""
+        with self._lock:
+            since = self._buffer_since
+            due = since is not None and self.policy.should_flush(self._buffered_rows, self._clock() - since)
+        return self.flush() if due else 0  # (flush takes the lock again, and calls on_commit outside it)
+
     def _flush_loop(self) -> None:
         period = max(self.settings.flush_seconds / 4, 0.05)
         while not self._stop.wait(period):
-            since = self._buffer_since
-            if since is not None and time.monotonic() - since >= self.settings.flush_seconds:
-                try:
-                    self.flush()
-                except Exception:  # keep flushing later; the WAL still holds the rows
-                    log.exception("timed flush failed; rows stay in the WAL")
+            try:
+                self.flush_if_due()
+            except Exception:  # keep flushing later; the WAL still holds the rows
+                log.exception("timed flush failed; rows stay in the WAL")
 
     def _commit(self, frame: pl.DataFrame, seq: int, writer_id: str | None = None, presorted: bool = False) -> None:
         """Write ``frame`` as the files of segment ``seq``: series catalog first, then samples."""

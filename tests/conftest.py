@@ -19,6 +19,15 @@ from metrics.settings import Settings
 from storage.store import MetricStore
 
 SAMPLE_INTERVAL = timedelta(seconds=10)
+# The system metric names the original spec shows.
+SPEC_SYSTEM_METRICS = {
+    "system.cpu.usage_total",
+    "system.memory.usage_percent",
+    "system.disk.usage_percent",
+    "system.network.bytes_sent",
+    "system.network.bytes_recv",
+    "system.network.errors",
+}
 
 
 @pytest.fixture

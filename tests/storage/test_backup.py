@@ -144,9 +144,18 @@ def test_restore_refuses_a_data_dir_with_data_unless_forced(
     assert "lake" in result.replaced
 
 
-def test_a_backup_inside_the_data_dir_is_refused(settings: Settings) -> None:
-    with pytest.raises(StorageError, match="inside the data directory"):
-        create_backup(settings, settings.data_dir / "b.tar.gz")
+@pytest.mark.parametrize("part", ["lake", "wal", "state", "models"])
+def test_a_backup_inside_a_backed_up_folder_is_refused(settings: Settings, part: str) -> None:
+    with pytest.raises(StorageError, match=f"inside .*{part}, which is backed up"):
+        create_backup(settings, settings.data_dir / part / "b.tar.gz")
+
+
+def test_a_backup_beside_the_backed_up_folders_is_allowed(store: MetricStore, make_frame: FrameFactory) -> None:
+    store.ingest_frame(make_frame())
+    store.flush()
+    result = create_backup(store.settings, store.settings.backups_dir / "b.tar.gz")
+    assert result.path.parent == store.settings.backups_dir.resolve()
+    assert not any(entry["path"].startswith("backups/") for entry in verify_backup(result.path)["files"])
 
 
 def test_prune_keeps_the_newest(tmp_path: Path) -> None:
