@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help setup run demo test lint typecheck format requirements bench manifests clean
+.PHONY: help setup run demo test lint typecheck format requirements bench manifests clean proto
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ requirements: setup ## Export requirements.txt and requirements-dev.txt from the
 bench: setup ## Run the ingest and query benchmarks (10 M samples each)
 	$(PY) -m metrics bench ingest --json
 	$(PY) -m metrics bench query --json
+
+proto: setup ## Regenerate metrics/api/remote_pb2.py(i) from remote.proto (Prometheus remote-write)
+	$(PY) -m grpc_tools.protoc -I metrics/api --python_out=metrics/api --pyi_out=metrics/api metrics/api/remote.proto
 
 manifests: setup ## Regenerate deployments/docker-compose.yml, deployments/k8s/ and deployments/prefect.yaml
 	$(PY) -m metrics.manifests

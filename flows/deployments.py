@@ -71,6 +71,13 @@ JOBS: tuple[Job, ...] = (
         "CPU, memory, disk, network, load and processes of this host, with adaptive sampling.",
     ),
     Job(
+        "scrape-targets",
+        "flows/scrape.py:scrape_targets_flow",
+        "scrape_interval",
+        "monitoring",
+        "Scrape the configured Prometheus targets and store their samples with up and scrape_duration_seconds.",
+    ),
+    Job(
         "compact-lake",
         "flows/compact.py:compact_lake",
         "compact_interval",

@@ -7,6 +7,11 @@ time-major as collectors deliver them — and stores it through the public
 columnar path (``MetricStore.ingest_frame``, the one ``metrics ingest`` uses)
 into durable Parquet, then compacts it and measures bytes per stored sample.
 
+``bench_http`` starts ``metrics serve`` (``api_workers`` processes) on a
+temporary lake and posts realistic JSON batches from concurrent keep-alive
+clients on loopback (``metrics.loadgen``): accepted samples per second and
+request latency, plus the CPU each side spent per request.
+
 ``bench_query`` loads a TSBS cpu-only style data set (hosts x 10 cpu metrics,
 10 s apart, ending now), compacts it, and times five standard queries through
 the engine and, side by side, as plain DuckDB SQL over one sorted Parquet file
@@ -423,4 +428,64 @@ def bench_flows(runs: int = 10, *, interval: float = 5.0, console: Console | Non
         "start_lag_p50_s": round(statistics.median(lag), 3) if lag else None,
         "flow_run_rss_p50_mb": round(statistics.median(rss) / 1e6, 1) if rss else None,
         "flow_run_rss_max_mb": round(rss[-1] / 1e6, 1) if rss else None,
+    }
+
+
+def bench_http(
+    seconds: float = 20.0,
+    *,
+    concurrency: int = 16,
+    batch: int = 1000,
+    workers: int | None = None,
+    data_dir: Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Measure HTTP JSON ingest: the API in a subprocess, ``concurrency`` clients posting ``batch``-sample bodies.
+
+    The server authenticates a real writer key; every acknowledged batch is fsynced. After the
+    run the server is stopped gracefully and the lake is counted, so ``stored_in_lake`` checks
+    that what was acknowledged is there.
+    """
+    import asyncio
+    import os
+
+    import psutil
+
+    from metrics.api.keys import create_key
+    from metrics.loadgen import ApiServer, cpu_seconds, drive, spec_batches
+
+    say = (console or Console(stderr=True)).log
+    with _workdir(data_dir) as folder:
+        settings = Settings(data_dir=folder)
+        processes = workers or settings.api_workers
+        _, token = create_key(settings, "bench-http", "writer")
+        say(f"encoding {max(64, 4 * concurrency)} bodies of {batch:,} samples")
+        bodies = spec_batches(max(64, 4 * concurrency), batch)
+        server = ApiServer(folder, workers=processes, log_path=folder / "server.log").start()
+        me = psutil.Process()
+        try:
+            pids = server.pids()
+            server_before, client_before = cpu_seconds(pids), sum(me.cpu_times()[:2])
+            say(f"posting for {seconds:g} s from {concurrency} connections to {processes} workers")
+            result = asyncio.run(drive(server.url, bodies, token=token, seconds=seconds, concurrency=concurrency))
+            server_cpu = cpu_seconds(pids) - server_before
+            client_cpu = sum(me.cpu_times()[:2]) - client_before
+        finally:
+            server.stop()
+        store = MetricStore(settings, read_only=True).open()
+        try:
+            in_lake = int(store.sql("SELECT count(*) AS n FROM samples").item())
+        finally:
+            store.close()
+    per_request = max(result.all_requests, 1)
+    return {
+        **result.figures(),
+        "concurrency": concurrency,
+        "workers": processes,
+        "batch": batch,
+        "stored_in_lake": in_lake,
+        "server_cpu_ms_per_request": round(server_cpu / per_request * 1000, 2),
+        "client_cpu_ms_per_request": round(client_cpu / per_request * 1000, 2),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
     }

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from metrics.cli_keys import keys_app
 from metrics.errors import MetricsError, ValidationError
 from metrics.settings import Settings
 from metrics.timestamps import looks_like_duration, parse_duration, parse_timestamp
@@ -38,6 +39,7 @@ bench_app = typer.Typer(
     "Example: metrics bench ingest --samples 10000000 --json"
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -343,6 +345,35 @@ def _folder_bytes(folder: Path) -> int:
 
 
 @app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: METRICS_API_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: METRICS_API_PORT, 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: METRICS_API_WORKERS, 2).")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key serves HTTPS, TLS 1.2+.")
+    ] = (None),
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    insecure_dev: Annotated[
+        bool, typer.Option(help="Accept requests WITHOUT credentials (development only; warns on every start).")
+    ] = False,
+) -> None:
+    """Run the HTTP API (ingest, query, remote-write, /health, /metrics; OpenAPI at /docs) until Ctrl-C.
+
+    Example: metrics serve --host 127.0.0.1 --port 8080 --tls-cert cert.pem --tls-key key.pem
+    """
+    from dataclasses import replace
+
+    from metrics.api.server import serve as run_server
+
+    config = settings()
+    if insecure_dev:
+        config = replace(config, insecure_dev=True)
+    if tls_cert is not None or tls_key is not None:  # both or neither: the settings refuse one alone
+        config = replace(config, tls_cert=tls_cert, tls_key=tls_key)
+    run_server(config, host=host, port=port, workers=workers)
+
+
+@app.command()
 def deploy(
     mode: Annotated[str, typer.Option(help="development (serve flows here) or production (work pool + workers).")] = (
         "development"
@@ -478,6 +509,25 @@ def bench_query_command(
     from metrics.bench import bench_query
 
     figures = bench_query(samples, repeats=repeats, data_dir=keep, console=err)
+    _print_figures(figures, as_json)
+
+
+@bench_app.command("http")
+def bench_http_command(
+    seconds: Annotated[float, typer.Option(help="Measured time, after one second of warm-up.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="Concurrent keep-alive connections.")] = 16,
+    batch: Annotated[int, typer.Option(help="Samples per request.")] = 1000,
+    workers: Annotated[int | None, typer.Option(help="Server worker processes (default: api_workers).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+    keep: Annotated[Path | None, typer.Option(help="Keep the lake in this folder instead of a temporary one.")] = None,
+) -> None:
+    """HTTP JSON ingest through `metrics serve`: accepted samples/s and request latency (p50, p99).
+
+    Example: metrics bench http --seconds 20 --concurrency 16 --json
+    """
+    from metrics.bench import bench_http
+
+    figures = bench_http(seconds, concurrency=concurrency, batch=batch, workers=workers, data_dir=keep, console=err)
     _print_figures(figures, as_json)
 
 

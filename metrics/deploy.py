@@ -193,6 +193,7 @@ def deploy(
     supervisor = Supervisor(log_dir=settings.prefect_dir / "logs", env=env, echo=echo)
     try:
         supervisor.install_signal_handlers()
+        require_free_port(settings, "api_port")
         if external is None:
             require_free_port(settings, "prefect_port")
             server = supervisor.start(
@@ -206,7 +207,11 @@ def deploy(
             echo(f"Prefect server healthy after {seconds:.1f} s")
         elif not healthy(f"{api_url}/health", timeout=10):
             raise DeployError(f"PREFECT_API_URL={api_url!r}: the Prefect server does not answer /health")
+        api = _start_api(supervisor, settings)
         _start_jobs(supervisor, settings, options)
+        echo(f"HTTP API:    {api}  (OpenAPI at {api}/docs)")
+        if options.mode == "development":
+            _print_bootstrap_key(settings, echo)
         echo(f"Prefect UI:  {ui_url}")
         echo(f"Prefect API: {api_url}")
         echo(f"Data:        {settings.data_dir.resolve()}")
@@ -222,6 +227,29 @@ def deploy(
         else:
             echo("stopped")
     return 0 if supervisor.stop_reason in ("SIGINT", "SIGTERM") else 1
+
+
+def _print_bootstrap_key(settings: Settings, echo: Callable[[str], None]) -> None:
+    """Create the first admin API key (once per data directory) and show it; later starts say where keys are."""
+    from metrics.api.keys import ensure_admin_key
+
+    token = ensure_admin_key(settings)
+    if token is None:
+        echo("API keys:    metrics keys list / metrics keys create --role reader|writer|admin --name NAME")
+    else:
+        echo("Admin API key, shown only this once (send it as 'Authorization: Bearer <key>'):")
+        echo(f"  {token}")
+
+
+def _start_api(supervisor: Supervisor, settings: Settings) -> str:
+    """Start ``metrics serve`` and wait until its ``/health`` answers; return its base URL."""
+    api = supervisor.start("api", python_module("metrics", "serve"), stop_timeout=15)
+    scheme = "https" if settings.tls_cert is not None else "http"
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    url = f"{scheme}://{host}:{settings.api_port}"
+    seconds = supervisor.wait_healthy(api, f"{url}/health")
+    supervisor.echo(f"HTTP API healthy after {seconds:.1f} s")
+    return url
 
 
 def _start_jobs(supervisor: Supervisor, settings: Settings, options: DeployOptions) -> None:

@@ -25,3 +25,31 @@ class QueryError(MetricsError):
 
 class UnsupportedStorageError(ConfigError):
     """An unknown storage backend was requested."""
+
+
+class AuthenticationError(MetricsError):
+    """No credentials, or credentials that are not valid (unknown key, bad or expired token)."""
+
+
+class PermissionDeniedError(MetricsError):
+    """Valid credentials whose role does not allow the action, or a client address not allowed."""
+
+
+class RequestTooLargeError(ValidationError):
+    """A request body above the configured limit."""
+
+
+class UnsupportedMediaTypeError(ValidationError):
+    """A request body in a content type or encoding the endpoint does not take."""
+
+
+class RateLimitedError(MetricsError):
+    """Too many requests for one key; ``retry_after`` says when to try again (seconds)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ScrapeError(MetricsError):
+    """A scrape target could not be read: unreachable, HTTP error, too slow or large, or not the exposition format."""

@@ -16,7 +16,9 @@ objects given to the Python API are local time and converted to UTC; naive
 timestamps in files and frames are taken as UTC.
 
 This module is the bottom layer: it imports nothing else of the system but
-``metrics.errors`` and ``metrics.timestamps`` (whose helpers it re-exports).
+``metrics.errors`` and ``metrics.timestamps`` (whose helpers it re-exports),
+and, when a list of spec dicts arrives, ``metrics.points``, its column-wise
+fast path (which builds on this module and falls back to it row by row).
 """
 
 from __future__ import annotations
@@ -122,7 +124,18 @@ def check_tags(tags: Mapping[str, Any]) -> str | None:
             return f"tags: value of {key!r} must be a string, got {type(value).__name__}"
         if len(value) > MAX_TAG_VALUE_LENGTH:
             return f"tags: value of {key!r} longer than {MAX_TAG_VALUE_LENGTH} characters"
+        if not value.isascii() and not _is_unicode_text(value):
+            return f"tags: value of {key!r} is not valid Unicode text (a lone surrogate)"
     return None
+
+
+def _is_unicode_text(text: str) -> bool:
+    """False for strings holding lone surrogates (Python allows them; UTF-8, Arrow and the lake do not)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -487,7 +500,23 @@ def prepare_points(
     retention_days: int,
     max_future_seconds: int = 600,
 ) -> SampleBatch:
-    """Validate points (objects or spec dicts) into a sample batch."""
+    """Validate points (objects or spec dicts) into a sample batch; lists of spec dicts take the fast path."""
+    items = points if isinstance(points, list) else list(points)
+    if items and type(items[0]) is dict:
+        from metrics.points import prepare_dicts  # (it builds on this module)
+
+        return prepare_dicts(items, now=now, retention_days=retention_days, max_future_seconds=max_future_seconds)
+    return prepare_points_rowwise(items, now=now, retention_days=retention_days, max_future_seconds=max_future_seconds)
+
+
+def prepare_points_rowwise(
+    points: Iterable[MetricDataPoint | Mapping[str, Any]],
+    *,
+    now: datetime,
+    retention_days: int,
+    max_future_seconds: int = 600,
+) -> SampleBatch:
+    """Validate points one by one (``MetricDataPoint`` each, then ``validate_frame``): the reference path."""
     frame, shape_errors = points_to_frame(points)
     batch = validate_frame(frame, now=now, retention_days=retention_days, max_future_seconds=max_future_seconds)
     batch.rejected = sorted(shape_errors + batch.rejected, key=lambda r: r.index)

@@ -6,12 +6,15 @@ with the variable's name, its value and what is allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from metrics.errors import ConfigError
 
@@ -47,6 +50,24 @@ ENV_NAMES = {
     "prefect_database_url": "METRICS_PREFECT_DATABASE_URL",
     "workers": "METRICS_WORKERS",
     "prefect_api": "PREFECT_API_URL",
+    "api_workers": "METRICS_API_WORKERS",
+    "tls_cert": "METRICS_TLS_CERT",
+    "tls_key": "METRICS_TLS_KEY",
+    "allowed_ips": "METRICS_ALLOWED_IPS",
+    "rate_limit": "METRICS_RATE_LIMIT",
+    "max_body_bytes": "METRICS_MAX_BODY_BYTES",
+    "jwt_secret": "METRICS_JWT_SECRET",
+    "jwt_public_key": "METRICS_JWT_PUBLIC_KEY",
+    "pii_tags": "METRICS_PII_TAGS",
+    "pii_secret": "METRICS_PII_SECRET",
+    "scrape_targets": "METRICS_SCRAPE_TARGETS",
+    "scrape_interval": "METRICS_SCRAPE_INTERVAL",
+    "scrape_timeout": "METRICS_SCRAPE_TIMEOUT",
+    "scrape_honor_labels": "METRICS_SCRAPE_HONOR_LABELS",
+    "scrape_bearer_token": "METRICS_SCRAPE_BEARER_TOKEN",
+    "insecure_dev": "METRICS_INSECURE_DEV",
+    "self_metrics_interval": "METRICS_SELF_METRICS_INTERVAL",
+    "prometheus_multiproc_dir": "PROMETHEUS_MULTIPROC_DIR",
 }
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -99,6 +120,34 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={raw!r} is not a boolean; allowed: true, false, 1, 0, yes, no, on, off")
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A comma-separated list (``a, b``); an empty string means an empty list."""
+    raw = env.get(name)
+    if raw is None:
+        return tuple(default)
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+_SCRAPE_TARGET_RE = re.compile(r"^(?:(?P<job>[A-Za-z0-9_.-]+)=)?(?P<url>.+)$")
+
+
+def split_scrape_target(text: str) -> tuple[str | None, str]:
+    """``job=url`` or ``url`` -> (job or None, url); a bad entry raises :class:`ConfigError` naming it."""
+    match = _SCRAPE_TARGET_RE.fullmatch(text.strip())
+    url = match.group("url") if match else text
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        parts = None
+    if match is None or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{ENV_NAMES['scrape_targets']}: {text!r} is not a scrape target; "
+            "expected http(s)://host:port/path, optionally prefixed with a job name (job=http://…)"
+        )
+    return match.group("job"), url
 
 
 def _label(name: str) -> str:
@@ -155,6 +204,24 @@ class Settings:
     prefect_database_url: str | None = field(default=None, repr=False)
     workers: int = 2
     prefect_api: str | None = None
+    api_workers: int = 2
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allowed_ips: tuple[str, ...] = ()
+    rate_limit: float | None = None  # requests per second per key; None: no limit
+    max_body_bytes: int = 16 * 1024 * 1024
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: Path | None = None
+    pii_tags: tuple[str, ...] = ("user", "principal", "source_ip", "caller")
+    pii_secret: str | None = field(default=None, repr=False)
+    scrape_targets: tuple[str, ...] = ()
+    scrape_interval: float = 30.0
+    scrape_timeout: float = 10.0  # capped at scrape_interval
+    scrape_honor_labels: bool = False
+    scrape_bearer_token: str | None = field(default=None, repr=False)
+    insecure_dev: bool = False  # the API without credentials: `metrics serve --insecure-dev` only
+    self_metrics_interval: float = 10.0  # seconds between the API's application.api.* samples
+    prometheus_multiproc_dir: Path | None = None  # set: /metrics sums all worker processes (prometheus_client)
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -204,6 +271,35 @@ class Settings:
             "prefect_database_url": env.get("METRICS_PREFECT_DATABASE_URL") or None,
             "workers": _int(env, "METRICS_WORKERS", base["workers"], minimum=1, maximum=256),
             "prefect_api": env.get("PREFECT_API_URL") or None,  # an external Prefect server (production)
+            "api_workers": _int(env, "METRICS_API_WORKERS", base["api_workers"], minimum=1, maximum=64),
+            **{
+                name: Path(env[ENV_NAMES[name]]) if env.get(ENV_NAMES[name]) else base[name] and Path(base[name])
+                for name in ("tls_cert", "tls_key", "jwt_public_key")
+            },
+            **{name: _list(env, ENV_NAMES[name], base[name]) for name in ("allowed_ips", "pii_tags", "scrape_targets")},
+            "rate_limit": _float(env, "METRICS_RATE_LIMIT", base["rate_limit"], minimum=0.0, maximum=1e9)
+            if env.get("METRICS_RATE_LIMIT")
+            else base["rate_limit"],
+            "max_body_bytes": _int(env, "METRICS_MAX_BODY_BYTES", base["max_body_bytes"], minimum=1024),
+            # Secrets: the environment only, never main.json.
+            "jwt_secret": env.get("METRICS_JWT_SECRET") or None,
+            "pii_secret": env.get("METRICS_PII_SECRET") or None,
+            "insecure_dev": _bool(env, "METRICS_INSECURE_DEV", False),  # never from main.json
+            "self_metrics_interval": _float(
+                env, "METRICS_SELF_METRICS_INTERVAL", base["self_metrics_interval"], minimum=0.0, maximum=3600.0
+            ),
+            # prometheus_client reads this variable itself (at import): the settings only mirror it.
+            "prometheus_multiproc_dir": Path(env["PROMETHEUS_MULTIPROC_DIR"])
+            if env.get("PROMETHEUS_MULTIPROC_DIR")
+            else None,
+            "scrape_interval": _float(
+                env, "METRICS_SCRAPE_INTERVAL", base["scrape_interval"], minimum=0.0, maximum=86_400.0
+            ),
+            "scrape_timeout": _float(
+                env, "METRICS_SCRAPE_TIMEOUT", base["scrape_timeout"], minimum=0.0, maximum=86_400.0
+            ),
+            "scrape_honor_labels": _bool(env, "METRICS_SCRAPE_HONOR_LABELS", base["scrape_honor_labels"]),
+            "scrape_bearer_token": env.get("METRICS_SCRAPE_BEARER_TOKEN") or None,  # a secret: environment only
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -219,13 +315,30 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Check every value, however the settings were built (environment or keyword overrides)."""
-        for name in ("data_dir", "db_path", "backup_dir"):
+        for name in (
+            "data_dir",
+            "db_path",
+            "backup_dir",
+            "tls_cert",
+            "tls_key",
+            "jwt_public_key",
+            "prometheus_multiproc_dir",
+        ):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
             elif value is not None and not isinstance(value, Path):
                 raise ConfigError(f"{_label(name)}={value!r} is not a path")
-        whole = ("batch_size", "retention_days", "max_future_seconds", "compression_level", "backup_keep", "workers")
+        whole = (
+            "batch_size",
+            "retention_days",
+            "max_future_seconds",
+            "compression_level",
+            "backup_keep",
+            "workers",
+            "api_workers",
+            "max_body_bytes",
+        )
         for name in (*whole, *_PORTS):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -239,6 +352,29 @@ class Settings:
             _check_range(self, name, 1, 366 * 86_400)
         _check_range(self, "backup_keep", 1, 10_000)
         _check_range(self, "workers", 1, 256)
+        _check_range(self, "api_workers", 1, 64)
+        _check_range(self, "max_body_bytes", 1024, 2**31)
+        _check_range(self, "scrape_interval", 0.1, 86_400)
+        _check_range(self, "scrape_timeout", 0.1, 86_400)
+        _check_range(self, "self_metrics_interval", 0.01, 3600)
+        if self.rate_limit is not None:
+            _check_range(self, "rate_limit", 0.001, 1e9)
+        for name in ("allowed_ips", "pii_tags", "scrape_targets"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{_label(name)}={value!r} is not a list of strings")
+            object.__setattr__(self, name, tuple(value))
+        for network in self.allowed_ips:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{_label('allowed_ips')}: {network!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
+                ) from None
+        for target in self.scrape_targets:
+            split_scrape_target(target)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("METRICS_TLS_CERT and METRICS_TLS_KEY: give both (a certificate and its key) or neither")
         for port in _PORTS:
             _check_range(self, port, 1, 65_535)
         _check_choice(self, "storage_type", STORAGE_TYPES)
@@ -296,6 +432,13 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "prefect_port": ("prefect_port", int),
         "log_level": ("log_level", str),
         "workers": ("workers", int),
+        "api_workers": ("api_workers", int),
+        "tls_cert": ("tls_cert", (str, type(None))),
+        "tls_key": ("tls_key", (str, type(None))),
+        "allowed_ips": ("allowed_ips", list),
+        "rate_limit": ("rate_limit", (int, float, type(None))),
+        "max_body_bytes": ("max_body_bytes", int),
+        "jwt_public_key": ("jwt_public_key", (str, type(None))),
         "compact_interval": ("compact_interval", (int, float)),
         "retention_interval": ("retention_interval", (int, float)),
         "backup_interval": ("backup_interval", (int, float)),
@@ -304,6 +447,10 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "system_interval": ("system_interval", (int, float)),
         "adaptive_sampling": ("adaptive_sampling", bool),
         "intelligent_batching": ("intelligent_batching", bool),
+        "scrape_targets": ("scrape_targets", list),
+        "scrape_interval": ("scrape_interval", (int, float)),
+        "scrape_timeout": ("scrape_timeout", (int, float)),
+        "scrape_honor_labels": ("scrape_honor_labels", bool),
     },
     "storage": {
         "type": ("storage_type", str),
@@ -323,6 +470,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "smtp_server": ("smtp_server", (str, type(None))),
         "smtp_port": ("smtp_port", int),
         "smtp_username": ("smtp_username", (str, type(None))),
+        "pii_tags": ("pii_tags", list),
     },
 }
 # The built-in defaults are the dataclass's own: one place to change them.

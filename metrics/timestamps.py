@@ -39,7 +39,11 @@ def parse_timestamp(value: Any) -> datetime:
     if isinstance(value, bool):
         raise ValidationError(f"timestamp: expected ISO 8601 text or epoch number, got {value!r}")
     if isinstance(value, int | float):
-        return _from_epoch(float(value))
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            raise ValidationError("timestamp: epoch number out of range") from None
+        return _from_epoch(number)
     if isinstance(value, str):
         text = value.strip()
         try:

@@ -31,7 +31,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -45,7 +45,8 @@ FORMAT_VERSION = 1
 _PARTS = ("lake", "wal", "state", "models")  # folders of the data directory that are backed up
 _SKIPPED_SUFFIXES = (".tmp", ".lock")
 _SKIPPED_NAMES = {".lock", ".maintenance.lock"}
-_SECRET_SETTINGS = {"smtp_password", "slack_webhook_url"}
+# Secrets are the settings hidden from repr (passwords, tokens, database URLs): never written to a manifest.
+_SECRET_SETTINGS = {f.name for f in fields(Settings) if not f.repr}
 _CHUNK = 1 << 20
 # The lake's files are ZSTD-compressed already: deflating them again saves ~3 % at ~50 MB/s of CPU.
 # Level 0 keeps the archive a standard .tar.gz while writing at disk speed.

@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from metrics.model import MetricDataPoint, Rejection, SampleBatch, prepare_frame, prepare_points
+from metrics.pii import Pseudonymiser
 from metrics.settings import Settings
 from storage.compaction import CompactionResult, compact, rebuild_rollups
 from storage.lake import Lake
@@ -68,6 +69,7 @@ class MetricStore:
         )
         self.engine = QueryEngine(self.lake, database_file=settings.duckdb_path)
         self.read_only = read_only
+        self.pii = Pseudonymiser.from_settings(settings)  # PII tag values never reach the WAL or the lake
         self._writer: Writer | None = None
         self._writer_lock = threading.Lock()
         self.recovery = RecoveryReport()
@@ -117,8 +119,8 @@ class MetricStore:
         }
 
     def store_batch(self, batch: SampleBatch, started: float) -> IngestResult:
-        """Write a validated batch; the result carries its rejections."""
-        stored = self.writer.write(batch)
+        """Pseudonymise PII tags of a validated batch and write it; the result carries its rejections."""
+        stored = self.writer.write(self.pii.batch(batch))
         return IngestResult(stored=stored, rejected=batch.rejected, seconds=time.perf_counter() - started)
 
     def ingest_points(self, points: Iterable[MetricDataPoint | Mapping[str, Any]]) -> IngestResult:
@@ -163,7 +165,7 @@ class MetricStore:
     ) -> pl.DataFrame:
         """Raw samples; see :meth:`QueryEngine.query_metrics`."""
         self._read_your_writes()
-        return self.engine.query_metrics(pattern, start, end, tags, **options)
+        return self.engine.query_metrics(pattern, start, end, self.pii.filters(tags), **options)
 
     def query_aggregated(
         self,
@@ -178,12 +180,13 @@ class MetricStore:
     ) -> pl.DataFrame:
         """Bucketed aggregates; see :meth:`QueryEngine.query_aggregated`."""
         self._read_your_writes()
+        tags = self.pii.filters(tags)
         return self.engine.query_aggregated(pattern, aggregation, interval, start, end, group_by, tags, **options)
 
     def latest(self, pattern: str = "*", tags: Mapping[str, str | Sequence[str]] | None = None) -> pl.DataFrame:
         """Latest sample per series; see :meth:`QueryEngine.latest`."""
         self._read_your_writes()
-        return self.engine.latest(pattern, tags)
+        return self.engine.latest(pattern, self.pii.filters(tags))
 
     def sql(self, text: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Ad-hoc SQL over the lake views."""

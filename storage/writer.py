@@ -9,6 +9,15 @@ least ``batch_size`` rows skips the WAL: it is written straight to fsynced
 Parquet files before it is acknowledged, which is just as durable and half the
 I/O.
 
+Flushing never holds up acknowledgements: a flush takes the buffered batches
+(their WAL segment sealed, so new appends go to a new one) and writes their
+Parquet files outside the writer's lock, while new batches keep being appended
+and fsynced; each segment is deleted once its files are in place. With the
+background flusher running, a batch that makes the buffer big enough wakes it
+instead of flushing in the request; only a buffer twice that size (a flusher
+that cannot keep up) is flushed by the writing thread itself, which slows the
+writers down to the lake's pace.
+
 File names are ``w-<writer_id>-<seq>.parquet``, where ``seq`` is the WAL
 segment number, so replaying a segment rewrites the same file names (an
 idempotent overwrite, never a duplicate) and compaction can tell a file whose
@@ -122,8 +131,10 @@ class Writer:
         self._buffered_rows = 0
         self._buffer_since: float | None = None
         self._known_series: set[int] = set()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the WAL and the buffer (short holds)
+        self._flush_lock = threading.Lock()  # one flush at a time (held while Parquet files are written)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the buffer reached its size: flush now
         self._flusher: threading.Thread | None = None
         self.recovery = RecoveryReport()
         self._on_commit = on_commit
@@ -144,10 +155,11 @@ class Writer:
     def close(self) -> None:
         """Flush what is buffered and release the WAL."""
         self._stop.set()
+        self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=30)
+        self.flush()
         with self._lock:
-            self.flush()
             self.wal.close()
 
     def _highest_file_seq(self) -> int:
@@ -183,11 +195,16 @@ class Writer:
             self._buffered_rows += frame.height
             if self._buffer_since is None:
                 self._buffer_since = now
-            if self._buffered_rows >= self.policy.target_rows:
-                try:
-                    self.flush()
-                except MetricsError:  # the batch is durable in the WAL: acknowledge it, flush later
-                    log.exception("flush failed; %d rows stay in the WAL for the next flush", self._buffered_rows)
+            target = self.policy.target_rows
+            due = self._buffered_rows >= target
+            behind = self._buffered_rows >= 2 * target  # the flusher cannot keep up: flush here, slowing writers
+        if due and self._flusher is not None and not behind:
+            self._wake.set()
+        elif due:
+            try:
+                self.flush()
+            except MetricsError:  # the batch is durable in the WAL: acknowledge it, flush later
+                log.exception("flush failed; %d rows stay in the WAL for the next flush", self._buffered_rows)
         return frame.height
 
     def _observe(self, rows: int, now: float) -> None:
@@ -242,21 +259,24 @@ class Writer:
         left behind by a crash rewrites exactly its own file (no duplicates). If
         a commit fails, the rows stay buffered (and in the WAL) for the next flush.
         """
-        with self._lock:
-            if not self._buffer:
-                return 0
-            self.wal.seal()
+        with self._flush_lock:
+            with self._lock:
+                if not self._buffer:
+                    return 0
+                self.wal.seal()  # appends from now on go to a new segment, which this flush leaves alone
+                taken = list(self._buffer)
             flushed = 0
-            while self._buffer:
-                seq = self._buffer[0][0]
-                frames = [frame for s, frame in self._buffer if s == seq]
-                frame = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-                self._commit(frame, seq)
-                self.wal.remove(seq)
-                self._buffer = [(s, f) for s, f in self._buffer if s != seq]
-                self._buffered_rows -= frame.height
+            for seq in sorted({s for s, _ in taken}):
+                frames = [frame for s, frame in taken if s == seq]
+                frame = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+                self._commit(frame, seq)  # without the writer's lock: batches keep being acknowledged meanwhile
+                with self._lock:
+                    self.wal.remove(seq)
+                    self._buffer = [(s, f) for s, f in self._buffer if s != seq]
+                    self._buffered_rows -= frame.height
                 flushed += frame.height
-            self._buffer_since = None
+            with self._lock:  # batches that came in meanwhile are younger than now
+                self._buffer_since = self._clock() if self._buffer else None
         self._notify()
         return flushed
 
@@ -269,7 +289,11 @@ class Writer:
 
     def _flush_loop(self) -> None:
         period = max(self.settings.flush_seconds / 4, 0.05)
-        while not self._stop.wait(period):
+        while not self._stop.is_set():
+            self._wake.wait(period)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.flush_if_due()
             except Exception:  # keep flushing later; the WAL still holds the rows

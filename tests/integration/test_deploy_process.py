@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,16 +17,10 @@ import pytest
 
 from metrics.settings import Settings
 from storage.store import MetricStore
+from tests.servers import PROJECT, free_port, scrubbed_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-PROJECT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Deployment:
@@ -36,8 +30,8 @@ class Deployment:
         self.data_dir = data_dir
         self.port = port
         self.mode = mode
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "METRICS_"))}
-        env.update(
+        env = scrubbed_env(
+            ("PREFECT_", "METRICS_"),
             METRICS_DATA_DIR=str(data_dir),
             METRICS_PREFECT_PORT=str(port),
             METRICS_API_PORT=str(free_port()),
@@ -124,9 +118,23 @@ def collected_rows(data_dir: Path) -> int:
 
 def test_deploy_serves_the_flows_and_stops_every_child(deployment: Deployment) -> None:
     deployment.start()
-    deployment.wait_for("the Prefect server", lambda: "Prefect server healthy" in deployment.text())
-    healthy_after = float(re.search(r"healthy after ([\d.]+) s", deployment.text()).group(1))  # type: ignore[union-attr]
-    assert f"http://127.0.0.1:{deployment.port}" in deployment.text()
+    deployment.wait_for("the whole system", lambda: "Running. Press Ctrl-C" in deployment.text())
+    healthy_after = float(re.search(r"Prefect server healthy after ([\d.]+) s", deployment.text()).group(1))  # type: ignore[union-attr]
+    assert f"Prefect UI:  http://127.0.0.1:{deployment.port}" in deployment.text()
+    api = f"http://127.0.0.1:{deployment.env['METRICS_API_PORT']}"
+    assert f"HTTP API:    {api}" in deployment.text()
+    with urllib.request.urlopen(f"{api}/health", timeout=10) as response:
+        assert json.loads(response.read())["status"] == "ok"
+    # The first start creates an admin key and shows it once; it works against the API.
+    token = re.search(r"^  (mk_\S+)$", deployment.text(), re.MULTILINE).group(1)  # type: ignore[union-attr]
+    batch = {"metrics": [{"metric_id": "deploy.test", "value": 1.0, "tags": {"via": "api"}}]}
+    request = urllib.request.Request(
+        f"{api}/api/v1/metrics",
+        data=json.dumps(batch).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["stored"] == 1
 
     # A second instance on the same data directory is refused while the first runs.
     second = subprocess.run(
@@ -151,6 +159,7 @@ def test_deploy_serves_the_flows_and_stops_every_child(deployment: Deployment) -
     rows_before = collected_rows(deployment.data_dir)
     deployment.start()
     deployment.wait_for("more collections", lambda: collected_rows(deployment.data_dir) > rows_before)
+    assert deployment.text().count("Admin API key") == 1  # shown once, not again on the second start
     assert deployment.stop() == 0
     assert deployment.survivors() == []
 

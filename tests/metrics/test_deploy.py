@@ -308,7 +308,7 @@ def test_cli_refuses_a_taken_prefect_port_and_starts_nothing(
 
 def test_select_jobs_by_group() -> None:
     assert select_jobs() == list(JOBS)
-    assert [job.name for job in select_jobs(("monitoring",))] == ["collect-system-metrics"]
+    assert [job.name for job in select_jobs(("monitoring",))] == ["collect-system-metrics", "scrape-targets"]
     assert [job.name for job in select_jobs(("maintenance",))] == ["compact-lake", "retention-cleanup", "backup-lake"]
     assert select_jobs(()) == []
     assert {job.group for job in JOBS} == set(GROUPS)
@@ -335,6 +335,7 @@ INTERVALS = {
     "compact_interval": 600.0,
     "retention_interval": 7_200.0,
     "backup_interval": 43_200.0,
+    "scrape_interval": 15.0,
 }
 
 
@@ -350,6 +351,7 @@ def test_each_job(job: Job) -> None:
         compact_interval=INTERVALS["compact_interval"],
         retention_interval=INTERVALS["retention_interval"],
         backup_interval=INTERVALS["backup_interval"],
+        scrape_interval=INTERVALS["scrape_interval"],
     )
     assert job.interval(settings) == timedelta(seconds=INTERVALS[job.interval_setting])
     assert job.interval(Settings()) == timedelta(seconds=getattr(Settings(), job.interval_setting))

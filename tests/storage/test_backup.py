@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -206,3 +207,13 @@ def test_python_m_backup_and_restore(store: MetricStore, settings: Settings, tmp
     assert done.returncode == 1
     assert done.stderr.strip().startswith("Error: restore:")
     assert "Traceback" not in done.stderr
+
+
+def test_the_manifest_holds_no_secret_setting(store: MetricStore, settings: Settings, tmp_path: Path) -> None:
+    secrets = {"smtp_password": "pw-1", "scrape_bearer_token": "tok-2", "prefect_database_url": "postgresql://u:pw-3@h"}
+    archive = create_backup(replace(settings, **secrets), tmp_path / "b.tar.gz").path
+    with gzip.open(archive) as raw:
+        text = raw.read()
+    for value in secrets.values():
+        assert value.encode() not in text
+    assert b'"retention_days"' in text  # the other settings are there
