@@ -157,8 +157,10 @@ class Pseudonymiser:
         """
         if not self.keys or frame.height == 0:
             return frame
-        texts = frame.get_column("tags").unique().cast(pl.String).to_list()
-        changed = {text: new for text in texts if text is not None and (new := self.text(text)) != text}
+        texts = frame.get_column("tags").unique().cast(pl.String)
+        # One vectorised scan for the PII keys; only texts holding one are parsed and rewritten.
+        candidates = texts.filter(texts.str.contains_any(list(self._needles))).to_list()
+        changed = {text: new for text in candidates if (new := self.text(text)) != text}
         if not changed:
             return frame
         ids = frame.get_column("series_id").to_numpy()
