@@ -336,7 +336,7 @@ def _micros(moment: datetime) -> int:
 def _frame(columns: _Columns) -> pl.DataFrame:
     """The accepted rows as a validated sample frame in lake order: (metric, series_id, ts)."""
     if len(columns.group) == 0:
-        return _empty()
+        return empty_batch_frame()
     found, group = columns.series, columns.group
     names = sorted(set(found.metric))
     name_rank = dict(zip(names, range(len(names)), strict=True))
@@ -356,7 +356,8 @@ def _frame(columns: _Columns) -> pl.DataFrame:
     )
 
 
-def _empty() -> pl.DataFrame:
+def empty_batch_frame() -> pl.DataFrame:
+    """A validated batch's frame with no rows (the columns and types the writer takes)."""
     return pl.DataFrame(
         schema={
             "metric": pl.Categorical(),

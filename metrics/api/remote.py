@@ -48,6 +48,7 @@ from metrics.model import (
     check_tags,
     series_id,
 )
+from metrics.points import empty_batch_frame
 from metrics.timestamps import TS_DTYPE, to_utc
 
 STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker: a NaN no sample ever has
@@ -430,7 +431,7 @@ class RemoteWriteDecoder:
         """Row checks of :func:`metrics.model.validate_frame` (same order, same reasons), vectorised."""
         values, stamps_ms = decoded.values, decoded.stamps_ms
         if len(values) == 0:  # metadata-only requests: no polars work
-            return RemoteWriteBatch(SampleBatch(frame=_EMPTY_FRAME), 0, 0, len(decoded.series))
+            return RemoteWriteBatch(SampleBatch(frame=empty_batch_frame()), 0, 0, len(decoded.series))
         table, series_rows = self._rows(decoded.series)
         rows = table[pl.Series(np.repeat(series_rows, decoded.counts), dtype=pl.Int64)]  # one table row per sample
         stale = values.view(np.uint64) == np.uint64(STALE_NAN_BITS)
@@ -483,18 +484,6 @@ def _table(infos: list[SeriesInfo], kinds: list[str]) -> pl.DataFrame:
             "problem": pl.Series([i.problem for i in infos], dtype=pl.String),
         }
     )
-
-
-_EMPTY_FRAME = pl.DataFrame(
-    schema={
-        "metric": pl.Categorical(),
-        "series_id": pl.Int64(),
-        "ts": TS_DTYPE,
-        "value": pl.Float64(),
-        "type": pl.Categorical(),
-        "tags": pl.Categorical(),
-    }
-)
 
 
 def _epoch_us(moment: datetime) -> int:
