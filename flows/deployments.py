@@ -78,6 +78,20 @@ JOBS: tuple[Job, ...] = (
         "Scrape the configured Prometheus targets and store their samples with up and scrape_duration_seconds.",
     ),
     Job(
+        "collect-key-audit-logs",
+        "flows/collect_keys.py:collect_key_audit_logs",
+        "security_interval",
+        "monitoring",
+        "Read new AWS CloudTrail (KMS) and Vault audit events into crypto.key.* metrics, inventory and policy checks.",
+    ),
+    Job(
+        "health-checks",
+        "flows/health.py:health_checks",
+        "health_interval",
+        "monitoring",
+        "Check every health target over HTTP(S) or TCP and store health.target.up, response time and status.",
+    ),
+    Job(
         "compact-lake",
         "flows/compact.py:compact_lake",
         "compact_interval",

@@ -12,14 +12,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from metrics.model import MetricDataPoint, MetricType
+    from metrics.monitor import HealthMonitor, MonitoringTarget
     from metrics.settings import Settings
     from metrics.system import MetricsSystem, get_metrics_system
 
-__all__ = ["MetricDataPoint", "MetricType", "MetricsSystem", "Settings", "get_metrics_system"]
+__all__ = [
+    "HealthMonitor",
+    "MetricDataPoint",
+    "MetricType",
+    "MetricsSystem",
+    "MonitoringTarget",
+    "Settings",
+    "get_metrics_system",
+]
 
 _EXPORTS = {
     "MetricDataPoint": "metrics.model",
     "MetricType": "metrics.model",
+    "MonitoringTarget": "metrics.monitor",
+    "HealthMonitor": "metrics.monitor",
     "Settings": "metrics.settings",
     "MetricsSystem": "metrics.system",
     "get_metrics_system": "metrics.system",

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from metrics.cli_bench import bench_app
+from metrics.cli_collect import collect_app, keys_report_command
 from metrics.cli_keys import keys_app
 from metrics.errors import MetricsError, ValidationError
 from metrics.settings import Settings
@@ -34,12 +36,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-bench_app = typer.Typer(
-    help="Measure the system on this machine; `--json` prints one JSON object on the last line.\n\n"
-    "Example: metrics bench ingest --samples 10000000 --json"
-)
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.add_typer(collect_app, name="collect")
+app.command("keys-report")(keys_report_command)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -446,9 +446,12 @@ def demo(
         points = int((now - start).total_seconds() // INTERVAL_S)
         if points > 0:
             frame = ingest_mix(points * series, series=series, end=now)
+            # Key metrics come from the demo's audit logs (below), never from generated numbers.
+            frame = frame.filter(~pl.col("metric").cast(pl.String).str.starts_with("crypto.key."))
             result = store.ingest_frame(frame)
             store.flush()
             out.print(f"stored {result.stored:,} samples ({result.samples_per_second:,.0f} samples/s)")
+        _demo_key_logs(settings(), now, hours)
         with Progress(
             TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
         ) as progress:
@@ -460,9 +463,12 @@ def demo(
                 f"compacted {item.day}: {item.files_before} files -> 1, {item.rows:,} rows, "
                 f"{item.bytes_after / max(item.rows, 1):.2f} bytes/sample, {item.quarantined} quarantined"
             )
-        out.rule("Key operations per second over the last hour (top 5 key series)")
-        rates = store.query_aggregated("crypto.key.*_ops", "rate", "1h", now - timedelta(hours=1), now)
-        emit(rates.sort("value", descending=True).head(5), "table")
+        out.rule("Key operations in the last hour, top 5 keys (from the demo's CloudTrail and Vault logs)")
+        ops = store.query_aggregated(
+            "crypto.key.*_ops", "increase", "1h", now - timedelta(hours=1), now, ["source", "key_id"]
+        )
+        top = ops.group_by("source", "key_id").agg(pl.col("value").sum().alias("operations"))
+        emit(top.sort("operations", descending=True).head(5), "table")
         out.rule("Average memory use per host, 1-hour buckets (first 5 hosts)")
         memory = store.query_aggregated(
             "system.memory.usage_percent", "avg", "1h", now - timedelta(hours=3), now, ["host"]
@@ -472,84 +478,29 @@ def demo(
         emit(store.sql("SELECT metric, count(*) AS samples FROM samples GROUP BY metric ORDER BY metric"), "table")
     data_dir = settings().data_dir
     out.print(
-        f"\nThe lake is in {data_dir}/lake. Try:\n"
+        f"\nThe lake is in {data_dir}/lake, the demo's audit logs in {data_dir}/demo. Try:\n"
+        f"  metrics keys-report\n"
+        f"  metrics query 'crypto.key.*_ops' --since 1h --agg rate --interval 5m --group-by source\n"
         f"  metrics query 'system.cpu.*' --since 1h --agg avg --interval 5m\n"
         f'  metrics sql "SELECT metric, count(*) FROM samples GROUP BY ALL"\n'
         f"  duckdb {settings().duckdb_path}   (views: samples, series, rollups_1m, rollups_1h)"
     )
 
 
-@bench_app.command("ingest")
-def bench_ingest_command(
-    samples: Annotated[int, typer.Option(help="Samples to generate and ingest.")] = 10_000_000,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
-    keep: Annotated[Path | None, typer.Option(help="Keep the lake in this folder instead of a temporary one.")] = None,
-) -> None:
-    """Bulk ingest of a realistic metric mix into durable Parquet: samples/s and bytes per sample.
+def _demo_key_logs(config: Settings, now: datetime, hours: float) -> None:
+    """Write (or continue) the demo's CloudTrail and Vault logs under DATA_DIR/demo and collect them."""
+    from metrics.auditgen import write_demo_logs
+    from tasks.collect.keys import collect_key_events
 
-    Example: metrics bench ingest --samples 10000000 --json
-    """
-    from metrics.bench import bench_ingest
-
-    figures = bench_ingest(samples, data_dir=keep, console=err)
-    _print_figures(figures, as_json)
-
-
-@bench_app.command("query")
-def bench_query_command(
-    samples: Annotated[int, typer.Option(help="Samples (100 hosts x 10 cpu metrics, 10 s apart).")] = 10_000_000,
-    repeats: Annotated[int, typer.Option(help="Timed runs per query.")] = 30,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
-    keep: Annotated[Path | None, typer.Option(help="Keep the lake in this folder instead of a temporary one.")] = None,
-) -> None:
-    """Latency of the standard queries (TSBS cpu-only style), next to plain DuckDB on one sorted file.
-
-    Example: metrics bench query --samples 10000000 --json
-    """
-    from metrics.bench import bench_query
-
-    figures = bench_query(samples, repeats=repeats, data_dir=keep, console=err)
-    _print_figures(figures, as_json)
-
-
-@bench_app.command("http")
-def bench_http_command(
-    seconds: Annotated[float, typer.Option(help="Measured time, after one second of warm-up.")] = 20.0,
-    concurrency: Annotated[int, typer.Option(help="Concurrent keep-alive connections.")] = 16,
-    batch: Annotated[int, typer.Option(help="Samples per request.")] = 1000,
-    workers: Annotated[int | None, typer.Option(help="Server worker processes (default: api_workers).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
-    keep: Annotated[Path | None, typer.Option(help="Keep the lake in this folder instead of a temporary one.")] = None,
-) -> None:
-    """HTTP JSON ingest through `metrics serve`: accepted samples/s and request latency (p50, p99).
-
-    Example: metrics bench http --seconds 20 --concurrency 16 --json
-    """
-    from metrics.bench import bench_http
-
-    figures = bench_http(seconds, concurrency=concurrency, batch=batch, workers=workers, data_dir=keep, console=err)
-    _print_figures(figures, as_json)
-
-
-@bench_app.command("flows")
-def bench_flows_command(
-    runs: Annotated[int, typer.Option(help="Completed scheduled runs to measure.")] = 10,
-    interval: Annotated[float, typer.Option(help="Schedule interval of the measured flow, seconds.")] = 5.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
-) -> None:
-    """Time to healthy of `metrics deploy` and the overhead (seconds, memory) of one scheduled flow run.
-
-    Example: metrics bench flows --runs 10 --json
-    """
-    from metrics.bench import bench_flows
-
-    _print_figures(bench_flows(runs, interval=interval, console=err), as_json)
-
-
-def _print_figures(figures: dict[str, Any], as_json: bool) -> None:
-    if not as_json:
-        out.print_json(data=figures)
-    print(json.dumps(figures))
+    logs = write_demo_logs(config.data_dir / "demo", now=now, hours=hours)
+    out.print(f"wrote {logs.cloudtrail_files} CloudTrail files and {logs.vault_lines} Vault audit lines")
+    for source, path in (("cloudtrail", logs.cloudtrail), ("vault", logs.vault)):
+        summary = collect_key_events(config, source, [path])
+        out.print(
+            f"collected {source}: {summary.events:,} new events, {summary.keys_total} keys, "
+            f"{summary.violations} policy violations, {summary.samples:,} samples",
+            markup=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +68,28 @@ ENV_NAMES = {
     "insecure_dev": "METRICS_INSECURE_DEV",
     "self_metrics_interval": "METRICS_SELF_METRICS_INTERVAL",
     "prometheus_multiproc_dir": "PROMETHEUS_MULTIPROC_DIR",
+    "security_interval": "METRICS_SECURITY_INTERVAL",
+    "cloudtrail_paths": "METRICS_CLOUDTRAIL_PATHS",
+    "vault_audit_paths": "METRICS_VAULT_AUDIT_PATHS",
+    "vault_transit_mounts": "METRICS_VAULT_TRANSIT_MOUNTS",
+    "health_interval": "METRICS_HEALTH_INTERVAL",
+    "health_timeout": "METRICS_HEALTH_TIMEOUT",
+    "health_targets": "METRICS_HEALTH_TARGETS",
+    "key_max_rotation_days": "METRICS_KEY_MAX_ROTATION_DAYS",
+    "key_forbidden_algorithms": "METRICS_KEY_FORBIDDEN_ALGORITHMS",
+    "key_allowed_principals": "METRICS_KEY_ALLOWED_PRINCIPALS",
+    "key_forbid_disabled_use": "METRICS_KEY_FORBID_DISABLED_USE",
+}
+# A health target's fields (the spec's MonitoringTarget): name -> (accepted JSON types, required).
+HEALTH_TARGET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "target_id": (str, True),
+    "name": (str, True),
+    "target_type": (str, True),
+    "endpoint": (str, True),
+    "port": (int, True),
+    "health_endpoint": ((str, type(None)), False),
+    "expected_status_code": (int, False),
+    "expected_response_time_ms": ((int, float), False),
 }
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -128,6 +150,39 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...] | list[str
     if raw is None:
         return tuple(default)
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _json_value(env: Mapping[str, str], name: str, default: Any, expected: type, shape: str) -> Any:
+    """A JSON document in a variable (``[…]`` or ``{…}``); an empty or unset variable gives ``default``."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: not valid JSON ({exc.msg} at column {exc.colno}); expected {shape}") from None
+    if not isinstance(value, expected):
+        raise ConfigError(f"{name}: expected {shape}, got {type(value).__name__}")
+    return value
+
+
+def check_health_target(item: Any, where: str) -> dict[str, Any]:
+    """A health target as a dict of the spec's fields; a bad one raises :class:`ConfigError` naming ``where``."""
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"{where}: expected an object with {', '.join(HEALTH_TARGET_FIELDS)}")
+    unknown = sorted(set(item) - set(HEALTH_TARGET_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; allowed: {', '.join(HEALTH_TARGET_FIELDS)}")
+    for key, (accepted, required) in HEALTH_TARGET_FIELDS.items():
+        if key not in item:
+            if required:
+                raise ConfigError(f"{where}: required field {key!r} is missing")
+            continue
+        value = item[key]
+        kinds = accepted if isinstance(accepted, tuple) else (accepted,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(f"{where}: {key}={value!r} has the wrong type")
+    return dict(item)
 
 
 _SCRAPE_TARGET_RE = re.compile(r"^(?:(?P<job>[A-Za-z0-9_.-]+)=)?(?P<url>.+)$")
@@ -222,6 +277,17 @@ class Settings:
     insecure_dev: bool = False  # the API without credentials: `metrics serve --insecure-dev` only
     self_metrics_interval: float = 10.0  # seconds between the API's application.api.* samples
     prometheus_multiproc_dir: Path | None = None  # set: /metrics sums all worker processes (prometheus_client)
+    security_interval: float = 300.0  # key audit logs: collection interval and counter bucket width
+    cloudtrail_paths: tuple[str, ...] = ()
+    vault_audit_paths: tuple[str, ...] = ()
+    vault_transit_mounts: tuple[str, ...] = ("transit",)
+    health_interval: float = 30.0
+    health_timeout: float = 5.0  # capped at health_interval
+    health_targets: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    key_max_rotation_days: int = 365  # 0: no rotation policy
+    key_forbidden_algorithms: tuple[str, ...] = ("RSA-1024", "3DES", "SHA-1")
+    key_allowed_principals: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    key_forbid_disabled_use: bool = True
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -300,6 +366,33 @@ class Settings:
             ),
             "scrape_honor_labels": _bool(env, "METRICS_SCRAPE_HONOR_LABELS", base["scrape_honor_labels"]),
             "scrape_bearer_token": env.get("METRICS_SCRAPE_BEARER_TOKEN") or None,  # a secret: environment only
+            **{
+                name: _float(env, ENV_NAMES[name], base[name], minimum=0.0, maximum=86_400.0)
+                for name in ("security_interval", "health_interval", "health_timeout")
+            },
+            **{
+                name: _list(env, ENV_NAMES[name], base[name])
+                for name in (
+                    "cloudtrail_paths",
+                    "vault_audit_paths",
+                    "vault_transit_mounts",
+                    "key_forbidden_algorithms",
+                )
+            },
+            "health_targets": _json_value(
+                env, "METRICS_HEALTH_TARGETS", base["health_targets"], list, "a JSON array of target objects"
+            ),
+            "key_max_rotation_days": _int(
+                env, "METRICS_KEY_MAX_ROTATION_DAYS", base["key_max_rotation_days"], minimum=0, maximum=36_500
+            ),
+            "key_allowed_principals": _json_value(
+                env,
+                "METRICS_KEY_ALLOWED_PRINCIPALS",
+                base["key_allowed_principals"],
+                dict,
+                'a JSON object of key selector -> list of principals ({"alias/app": ["arn:aws:iam::1:role/app"]})',
+            ),
+            "key_forbid_disabled_use": _bool(env, "METRICS_KEY_FORBID_DISABLED_USE", base["key_forbid_disabled_use"]),
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -359,7 +452,24 @@ class Settings:
         _check_range(self, "self_metrics_interval", 0.01, 3600)
         if self.rate_limit is not None:
             _check_range(self, "rate_limit", 0.001, 1e9)
-        for name in ("allowed_ips", "pii_tags", "scrape_targets"):
+        _check_range(self, "security_interval", 1, 86_400)
+        _check_range(self, "health_interval", 0.1, 86_400)
+        _check_range(self, "health_timeout", 0.01, 86_400)
+        if isinstance(self.key_max_rotation_days, bool) or not isinstance(self.key_max_rotation_days, int):
+            raise ConfigError(f"{_label('key_max_rotation_days')}={self.key_max_rotation_days!r} is not a whole number")
+        _check_range(self, "key_max_rotation_days", 0, 36_500)
+        if not isinstance(self.key_forbid_disabled_use, bool):
+            raise ConfigError(f"{_label('key_forbid_disabled_use')}={self.key_forbid_disabled_use!r} is not a boolean")
+        self._check_key_and_health_settings()
+        for name in (
+            "allowed_ips",
+            "pii_tags",
+            "scrape_targets",
+            "cloudtrail_paths",
+            "vault_audit_paths",
+            "vault_transit_mounts",
+            "key_forbidden_algorithms",
+        ):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
                 raise ConfigError(f"{_label(name)}={value!r} is not a list of strings")
@@ -382,6 +492,33 @@ class Settings:
         _check_choice(self, "log_level", LOG_LEVELS)
         low, high = COMPRESSION_LEVELS.get(self.compression, (1, 22))
         _check_range(self, "compression_level", low, high, f" for {self.compression}")
+
+    def _check_key_and_health_settings(self) -> None:
+        """Health targets and allowed principals: their shape, each entry named in the error."""
+        targets = self.health_targets
+        if isinstance(targets, Mapping) or not isinstance(targets, list | tuple):
+            raise ConfigError(f"{_label('health_targets')}={targets!r} is not a list of target objects")
+        checked = tuple(check_health_target(item, f"{_label('health_targets')}[{i}]") for i, item in enumerate(targets))
+        ids = [item["target_id"] for item in checked]
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise ConfigError(f"{_label('health_targets')}: target_id {twice!r} is given twice")
+        object.__setattr__(self, "health_targets", checked)
+        principals = self.key_allowed_principals
+        if not isinstance(principals, Mapping):
+            raise ConfigError(f"{_label('key_allowed_principals')}={principals!r} is not an object")
+        normalised: dict[str, tuple[str, ...]] = {}
+        for selector, allowed in principals.items():
+            if (
+                isinstance(allowed, str)
+                or not isinstance(allowed, list | tuple)
+                or not all(isinstance(p, str) for p in allowed)
+            ):
+                raise ConfigError(
+                    f"{_label('key_allowed_principals')}[{selector!r}]: expected a list of principal patterns"
+                )
+            normalised[str(selector)] = tuple(allowed)
+        object.__setattr__(self, "key_allowed_principals", normalised)
 
     @property
     def lake_dir(self) -> Path:
@@ -451,6 +588,12 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "scrape_interval": ("scrape_interval", (int, float)),
         "scrape_timeout": ("scrape_timeout", (int, float)),
         "scrape_honor_labels": ("scrape_honor_labels", bool),
+        "security_interval": ("security_interval", (int, float)),
+        "cloudtrail_paths": ("cloudtrail_paths", list),
+        "vault_audit_paths": ("vault_audit_paths", list),
+        "vault_transit_mounts": ("vault_transit_mounts", list),
+        "health_interval": ("health_interval", (int, float)),
+        "health_timeout": ("health_timeout", (int, float)),
     },
     "storage": {
         "type": ("storage_type", str),
@@ -471,10 +614,20 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "smtp_port": ("smtp_port", int),
         "smtp_username": ("smtp_username", (str, type(None))),
         "pii_tags": ("pii_tags", list),
+        "health_targets": ("health_targets", list),
+    },
+    "key_policy": {
+        "max_rotation_days": ("key_max_rotation_days", int),
+        "forbidden_algorithms": ("key_forbidden_algorithms", list),
+        "allowed_principals": ("key_allowed_principals", dict),
+        "forbid_disabled_use": ("key_forbid_disabled_use", bool),
     },
 }
 # The built-in defaults are the dataclass's own: one place to change them.
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+    for f in fields(Settings)
+}
 DEFAULT_CONFIG_FILE = Path("deployments") / "main.json"
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -31,6 +32,10 @@ from storage.compaction import CompactionResult
 from storage.retention import RetentionResult
 from storage.store import IngestResult, MetricStore
 
+if TYPE_CHECKING:
+    from metrics.monitor import HealthMonitor
+    from tasks.collect.keys import KeyCollectionSummary
+
 
 class MetricsSystem:
     """Collect and query metrics asynchronously over one lake."""
@@ -38,6 +43,7 @@ class MetricsSystem:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._store: MetricStore | None = None
+        self._health_monitor: HealthMonitor | None = None
 
     @property
     def store(self) -> MetricStore:
@@ -130,6 +136,28 @@ class MetricsSystem:
     async def cleanup(self, older_than: timedelta | None = None) -> RetentionResult:
         """Apply retention (default ``METRICS_RETENTION_DAYS``)."""
         return await asyncio.to_thread(self.store.cleanup, older_than)
+
+    @property
+    def health_monitor(self) -> HealthMonitor:
+        """The health monitor of this system's data directory (``await health_monitor.add_target(target)``)."""
+        if self._health_monitor is None:
+            from metrics.monitor import HealthMonitor
+
+            self._health_monitor = HealthMonitor(self.settings)
+        return self._health_monitor
+
+    async def collect_key_events(self, source: str, paths: Sequence[str | Path] | None = None) -> KeyCollectionSummary:
+        """Read new CloudTrail (``cloudtrail``) or Vault audit (``vault``) events once; each is counted once."""
+        from tasks.collect.keys import collect_key_events
+
+        return await asyncio.to_thread(collect_key_events, self.settings, source, paths)
+
+    async def keys_report(self, open_only: bool = False) -> dict[str, Any]:
+        """The key inventory and its policy violations (the compliance view), as a JSON-ready dict."""
+        from tasks.keys.report import keys_report
+
+        report = await asyncio.to_thread(keys_report, self.settings, open_only=open_only)
+        return report.to_dict()
 
 
 def get_metrics_system(storage: str = "lake", settings: Settings | None = None, **overrides: Any) -> MetricsSystem:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metrics.errors import StorageError
+from storage.statedb import state_transaction
 
 CHECKPOINTS_FILE = "checkpoints.sqlite"
 _SCHEMA = """
@@ -35,17 +34,8 @@ class Checkpoints:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / CHECKPOINTS_FILE
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self.path, timeout=30)) as connection:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(_SCHEMA)
-                with connection:  # one transaction
-                    yield connection
-        except sqlite3.Error as exc:
-            raise StorageError(f"checkpoints {self.path}: {exc}") from exc
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return state_transaction(self.path, _SCHEMA, "checkpoints")
 
     def load(self, name: str) -> dict[str, Any] | None:
         """The checkpoint saved under ``name``, or None when there is none (or it is unreadable JSON)."""

@@ -7,58 +7,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from metrics.cli import main
+from tests.metrics.conftest import Cli, Result
 
 MOMENT = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=20)
 # cpu.usage: web-0 gets 0, 3, 6 and web-1 gets 1.5, 4.5, 7.5 (10 s apart); all inside one 5-minute bucket.
 CSV_ROWS = [(MOMENT + timedelta(seconds=10 * i), i * 1.5, f"web-{i % 2}") for i in range(6)]
 JSON_POINTS = [(MOMENT + timedelta(seconds=10 * i), float(10 * i)) for i in range(4)]  # a counter: 0, 10, 20, 30
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def last_line(self) -> str:
-        return self.out.strip().splitlines()[-1]
-
-    @property
-    def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.startswith("Error:")]
-
-
-Cli = Callable[..., Result]
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def cli(data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Cli:
-    """Run ``metrics --data-dir DATA ARGS...`` in-process from ``tmp_path``; returns status, stdout, stderr."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "400")  # rich tables and messages unwrapped where the width is not fixed
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = main(["--data-dir", str(data_dir), *args])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
 
 
 def write_inputs(folder: Path) -> tuple[Path, Path]:
@@ -439,7 +399,12 @@ def test_demo_runs_end_to_end_and_again(cli: Cli) -> None:
     assert "0 quarantined" in first.out
     again = cli("demo", "--hours", "0.2", "--series", "30")
     assert again.code == 0, again.err
-    counts = cli("sql", "SELECT count(*) AS n, count(DISTINCT series_id) AS s FROM samples", "--format", "json")
-    row = json.loads(counts.out)[0]
-    assert row["s"] == 30
-    assert row["n"] >= 30 * 70  # 0.2 h at 10 s is 72 points per series
+    mix = "SELECT count(*) AS n, count(DISTINCT series_id) AS s FROM samples WHERE metric NOT LIKE 'crypto.key.%'"
+    row = json.loads(cli("sql", mix, "--format", "json").out)[0]
+    assert row["s"] <= 30  # the mix's own crypto.key.* series are left out: those come from the demo's audit logs
+    keys = "SELECT DISTINCT metric FROM samples WHERE metric LIKE 'crypto.key.%' ORDER BY metric"
+    found = {item["metric"] for item in json.loads(cli("sql", keys, "--format", "json").out)}
+    assert {"crypto.key.access_count", "crypto.key.decryption_ops", "crypto.key.unauthorized_access"} <= found
+    report = json.loads(cli("keys-report", "--format", "json").out)
+    assert report["summary"]["rotation_overdue"], "the demo's legacy key was created more than a year ago"
+    assert row["n"] >= row["s"] * 70  # 0.2 h at 10 s is 72 points per series

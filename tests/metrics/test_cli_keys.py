@@ -7,8 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,11 @@ from fastapi.testclient import TestClient
 from metrics.api.app import create_app
 from metrics.api.audit import close_audit_logs
 from metrics.api.keys import close_key_stores
-from metrics.cli import main
 from metrics.settings import Settings
+from tests.metrics.conftest import Cli
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_RE = re.compile(r"mk_([0-9a-f]{12})_[A-Za-z0-9_\-]{43}")
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def last_line(self) -> str:
-        return self.out.strip().splitlines()[-1]
-
-
-Cli = Callable[..., Result]
 
 
 @pytest.fixture(autouse=True)
@@ -46,21 +31,9 @@ def _fresh_state() -> Iterator[None]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def cli(data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.setenv("COLUMNS", "300")
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = main(["--data-dir", str(data_dir), "keys", *args])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+def cli(cli: Cli) -> Cli:
+    """``metrics keys ARGS...``."""
+    return lambda *args: cli("keys", *args)
 
 
 def test_create_prints_the_key_alone_on_the_last_line(cli: Cli) -> None:

@@ -308,7 +308,12 @@ def test_cli_refuses_a_taken_prefect_port_and_starts_nothing(
 
 def test_select_jobs_by_group() -> None:
     assert select_jobs() == list(JOBS)
-    assert [job.name for job in select_jobs(("monitoring",))] == ["collect-system-metrics", "scrape-targets"]
+    assert [job.name for job in select_jobs(("monitoring",))] == [
+        "collect-system-metrics",
+        "scrape-targets",
+        "collect-key-audit-logs",
+        "health-checks",
+    ]
     assert [job.name for job in select_jobs(("maintenance",))] == ["compact-lake", "retention-cleanup", "backup-lake"]
     assert select_jobs(()) == []
     assert {job.group for job in JOBS} == set(GROUPS)
@@ -336,6 +341,8 @@ INTERVALS = {
     "retention_interval": 7_200.0,
     "backup_interval": 43_200.0,
     "scrape_interval": 15.0,
+    "security_interval": 120.0,
+    "health_interval": 10.0,
 }
 
 
@@ -352,6 +359,8 @@ def test_each_job(job: Job) -> None:
         retention_interval=INTERVALS["retention_interval"],
         backup_interval=INTERVALS["backup_interval"],
         scrape_interval=INTERVALS["scrape_interval"],
+        security_interval=INTERVALS["security_interval"],
+        health_interval=INTERVALS["health_interval"],
     )
     assert job.interval(settings) == timedelta(seconds=INTERVALS[job.interval_setting])
     assert job.interval(Settings()) == timedelta(seconds=getattr(Settings(), job.interval_setting))

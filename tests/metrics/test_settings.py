@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +298,95 @@ def test_a_bad_config_file_names_the_file_key_and_reason(tmp_path: Path, text: s
 def test_a_missing_config_file_named_by_the_environment_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="METRICS_CONFIG"):
         Settings.from_env({"METRICS_CONFIG": str(tmp_path / "absent.json")})
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"METRICS_SECURITY_INTERVAL": "60"}, "security_interval", 60.0),
+        ({"METRICS_CLOUDTRAIL_PATHS": "/logs/a, /logs/b"}, "cloudtrail_paths", ("/logs/a", "/logs/b")),
+        ({"METRICS_VAULT_AUDIT_PATHS": "/var/log/vault"}, "vault_audit_paths", ("/var/log/vault",)),
+        ({"METRICS_VAULT_TRANSIT_MOUNTS": "transit,crypto"}, "vault_transit_mounts", ("transit", "crypto")),
+        ({"METRICS_HEALTH_INTERVAL": "10"}, "health_interval", 10.0),
+        ({"METRICS_KEY_MAX_ROTATION_DAYS": "0"}, "key_max_rotation_days", 0),
+        ({"METRICS_KEY_FORBIDDEN_ALGORITHMS": ""}, "key_forbidden_algorithms", ()),
+        (
+            {"METRICS_KEY_ALLOWED_PRINCIPALS": '{"alias/app": ["arn:aws:iam::1:role/app"]}'},
+            "key_allowed_principals",
+            {"alias/app": ("arn:aws:iam::1:role/app",)},
+        ),
+        ({"METRICS_KEY_FORBID_DISABLED_USE": "false"}, "key_forbid_disabled_use", False),
+        (
+            {
+                "METRICS_HEALTH_TARGETS": '[{"target_id": "a", "name": "A", "target_type": "tcp", "endpoint": "db", '
+                '"port": 5432}]'
+            },
+            "health_targets",
+            ({"target_id": "a", "name": "A", "target_type": "tcp", "endpoint": "db", "port": 5432},),
+        ),
+    ],
+)
+def test_key_and_health_settings(env: dict[str, str], field: str, value: Any) -> None:
+    assert getattr(Settings.from_env(env), field) == value
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"METRICS_SECURITY_INTERVAL": "0"}, "METRICS_SECURITY_INTERVAL"),
+        ({"METRICS_KEY_MAX_ROTATION_DAYS": "-1"}, "METRICS_KEY_MAX_ROTATION_DAYS='-1' is out of range"),
+        ({"METRICS_KEY_ALLOWED_PRINCIPALS": "[1]"}, "METRICS_KEY_ALLOWED_PRINCIPALS: expected a JSON object"),
+        ({"METRICS_KEY_ALLOWED_PRINCIPALS": '{"k": "arn"}'}, r"\['k'\]: expected a list of principal patterns"),
+        ({"METRICS_HEALTH_TARGETS": "{"}, "METRICS_HEALTH_TARGETS: not valid JSON"),
+        ({"METRICS_HEALTH_TARGETS": '[{"target_id": "a"}]'}, r"health_targets\)\[0\]: required field 'name'"),
+        (
+            {
+                "METRICS_HEALTH_TARGETS": '[{"target_id": "a", "name": "A", "target_type": "tcp", "endpoint": "db", '
+                '"port": "5432"}]'
+            },
+            "port='5432' has the wrong type",
+        ),
+        (
+            {
+                "METRICS_HEALTH_TARGETS": '[{"target_id": "a", "name": "A", "target_type": "tcp", "endpoint": "db", '
+                '"port": 1, "colour": "red"}]'
+            },
+            "unknown field 'colour'",
+        ),
+        (
+            {
+                "METRICS_HEALTH_TARGETS": '[{"target_id": "a", "name": "A", "target_type": "tcp", "endpoint": "db", '
+                '"port": 1}, {"target_id": "a", "name": "B", "target_type": "tcp", "endpoint": "db", "port": 2}]'
+            },
+            "target_id 'a' is given twice",
+        ),
+    ],
+)
+def test_bad_key_and_health_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_key_policy_and_collector_sections_of_main_json(tmp_path: Path) -> None:
+    config = tmp_path / "main.json"
+    config.write_text(
+        json.dumps(
+            {
+                "collector": {"security_interval": 120, "cloudtrail_paths": ["/ct"], "health_timeout": 2},
+                "key_policy": {
+                    "max_rotation_days": 90,
+                    "forbidden_algorithms": ["SHA-1"],
+                    "forbid_disabled_use": False,
+                    "allowed_principals": {"*": ["arn:aws:iam::1:role/*"]},
+                },
+            }
+        )
+    )
+    settings = Settings.from_env({"METRICS_CONFIG": str(config)})
+    assert (settings.security_interval, settings.cloudtrail_paths, settings.health_timeout) == (120, ("/ct",), 2)
+    assert (settings.key_max_rotation_days, settings.key_forbidden_algorithms) == (90, ("SHA-1",))
+    assert settings.key_allowed_principals == {"*": ("arn:aws:iam::1:role/*",)}
+    assert settings.key_forbid_disabled_use is False
+    config.write_text(json.dumps({"key_policy": {"max_days": 3}}))
+    with pytest.raises(ConfigError, match=r"unknown key 'key_policy\.max_days'"):
+        Settings.from_env({"METRICS_CONFIG": str(config)})
