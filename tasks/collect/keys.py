@@ -161,7 +161,7 @@ class _Run:
             found += policy.check_estate(self.policy, estate, self.now_us)
             counted = policy.record_violations(connection, found, checked_keys=[r.key_ref for r in estate])
             self.summary.violations += len(counted)
-            frame = self._counter_samples(connection, fresh, before, records, counted)
+            frame = self._counter_samples(connection, fresh, before, records, counted, include_held=final)
             if final:
                 frame = pl.concat([frame, counters.gauge_frame(estate, self.now_us)])
             self.summary.new_access += inventory.record_access(connection, self._access_rows(fresh))
@@ -181,10 +181,16 @@ class _Run:
         before: Sequence[str | None],
         records: dict[str, inventory.KeyRecord],
         counted: Sequence[policy.Violation],
+        *,
+        include_held: bool,
     ) -> pl.DataFrame:
+        """Counter samples of new events and violations (and, with ``include_held``, of counts held back before)."""
         increments = counters.increments(
             fresh, before, records, counted, step_us=self.step_us, now_us=self.now_us, pseudonym=self.pseudonym
         )
+        if include_held:  # a series with no new event still owes the events held for a bucket now begun
+            for name in self.ledger.held(connection):
+                increments.setdefault(counters.split_series_name(name), {})
         names = {key: counters.series_name(*key) for key in increments}
         states = self.ledger.counters(connection, names.values())
         rows: list[tuple[str, str, int, float]] = []

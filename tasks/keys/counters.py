@@ -160,6 +160,12 @@ def series_name(metric: str, tags_text: str) -> str:
     return f"{PREFIX}{metric}{tags_text}"
 
 
+def split_series_name(name: str) -> tuple[str, str]:
+    """(metric without the prefix, canonical tags) of a :func:`series_name` (metric names hold no ``{``)."""
+    brace = name.index("{")
+    return name[len(PREFIX) : brace], name[brace:]
+
+
 def advance(
     counts: Mapping[int, float], state: CounterState | None, *, step_us: int, now_us: int, oldest_us: int = 0
 ) -> tuple[list[tuple[int, float]], CounterState]:

@@ -190,6 +190,11 @@ class KeyLedger:
         return found
 
     @staticmethod
+    def held(connection: sqlite3.Connection) -> list[str]:
+        """Counter series with events held back for a bucket that had not begun when they were counted."""
+        return [row[0] for row in connection.execute("SELECT series FROM counters WHERE held > 0 ORDER BY series")]
+
+    @staticmethod
     def save_counters(connection: sqlite3.Connection, rows: Iterable[tuple[str, float, int | None, float]]) -> None:
         """Insert or replace (series, total, last bucket, held) rows."""
         connection.executemany(

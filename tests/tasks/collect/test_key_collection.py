@@ -218,3 +218,33 @@ def test_configured_paths_are_the_default(key_settings: Settings, tmp_path: Path
     cloudtrail_logs(tmp_path / "ct", events=20)
     configured = replace(key_settings, cloudtrail_paths=(str(tmp_path / "ct"),))
     assert collect_key_events(configured, "cloudtrail").events > 20
+
+
+def test_events_held_for_a_bucket_not_begun_are_written_by_a_later_run(
+    key_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    import tasks.collect.keys as collector
+
+    five_minutes = replace(key_settings, security_interval=300.0)
+    template = json.loads((FIXTURES / "cloudtrail" / "Decrypt.json").read_text())
+    start = int(datetime.now(UTC).timestamp()) // 300 * 300 - 300  # the previous bucket: all of it has passed
+    clock = {"now": (start + 10) * 1_000_000_000}  # the runs' clock: 10 s into that bucket, then the next one
+    monkeypatch.setattr(collector.time, "time_ns", lambda: clock["now"])
+
+    def drop(name: str, seconds: int) -> None:
+        item = {**template, "eventID": f"{name}-{seconds}"}
+        item["eventTime"] = datetime.fromtimestamp(start + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"Records": [item]}))
+
+    drop("first", 1)
+    collect_key_events(five_minutes, "cloudtrail", [tmp_path])  # writes the current bucket
+    drop("late", 0)  # a second event of that bucket, delivered after it was written
+    clock["now"] += 10_000_000_000
+    collect_key_events(five_minutes, "cloudtrail", [tmp_path])  # held: the next bucket has not begun
+    assert lake_totals(five_minutes)["crypto.key.decryption_ops"] == 1
+    clock["now"] = (start + 310) * 1_000_000_000
+    summary = collect_key_events(five_minutes, "cloudtrail", [tmp_path])  # no new event: the held one is due
+    assert summary.events == 0
+    assert lake_totals(five_minutes)["crypto.key.decryption_ops"] == 2
