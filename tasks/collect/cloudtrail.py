@@ -21,6 +21,8 @@ The mapping follows the KMS developer guide's CloudTrail examples:
 - the caller: ``userIdentity.arn`` (for an assumed role, the role's ARN from
   ``sessionContext.sessionIssuer``, so sessions of one role are one caller; for
   AWS itself, ``invokedBy``), and ``sourceIPAddress``;
+- the event id is ``eventID``, or ``sharedEventID`` when present: a cross-account call is
+  delivered to both accounts under two eventIDs and is one call;
 - ``errorCode``: ``AccessDenied*`` / ``Unauthorized*`` are unauthorized calls;
   ``DisabledException``, ``KMSInvalidStateException`` and
   ``KeyUnavailableException`` are uses of a key that is not usable.
@@ -212,6 +214,9 @@ class CloudTrailSource(KeyEventSource):
         event_id = record.get("eventID")
         if type(event_id) is not str or not event_id:
             raise ValueError(f"eventID: missing in a {name} event")
+        shared = record.get("sharedEventID")
+        if type(shared) is str and shared:
+            event_id = shared  # one cross-account call, delivered to both accounts under two eventIDs
         time_us = parse_time(record.get("eventTime"))
         if time_us is None:
             raise ValueError(f"eventTime: {record.get('eventTime')!r} is not an ISO 8601 time ({name} {event_id})")
@@ -307,9 +312,9 @@ class CloudTrailSource(KeyEventSource):
     def _reencrypt(
         base: KeyEvent, request: Mapping[str, Any], keys: list[tuple[str, str, str | None, str | None]]
     ) -> list[KeyEvent]:
-        """ReEncrypt: a decrypt with the source key and an encrypt with the destination key."""
+        """ReEncrypt: a decrypt with the source key, and (when it succeeded) an encrypt with the destination key."""
+        base.kind = EventKind.DECRYPT
         if not keys:
-            base.kind = EventKind.DECRYPT
             return [base]
 
         def pick(field: str, default: int) -> tuple[str, str, str | None, str | None]:
@@ -320,11 +325,11 @@ class CloudTrailSource(KeyEventSource):
             return keys[default]
 
         source, destination = pick("sourceKeyId", 0), pick("destinationKeyId", -1)
+        parts = [("", EventKind.DECRYPT, source, "sourceEncryptionAlgorithm")]
+        if base.succeeded:  # a refused call is one refused access, whatever it would have done
+            parts.append((":destination", EventKind.ENCRYPT, destination, "destinationEncryptionAlgorithm"))
         events = []
-        for suffix, kind, (ref, key_id, region, account), algorithm_field in (
-            ("", EventKind.DECRYPT, source, "sourceEncryptionAlgorithm"),
-            (":destination", EventKind.ENCRYPT, destination, "destinationEncryptionAlgorithm"),
-        ):
+        for suffix, kind, (ref, key_id, region, account), algorithm_field in parts:
             used = request.get(algorithm_field)
             events.append(
                 replace(
@@ -336,6 +341,7 @@ class CloudTrailSource(KeyEventSource):
                     region=region or base.region,
                     account=account or base.account,
                     algorithms_used=(used,) if isinstance(used, str) and used else (),
+                    continuation=bool(suffix) and ref == source[0],  # the same key again: one access
                 )
             )
         return events

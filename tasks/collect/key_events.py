@@ -35,7 +35,9 @@ from typing import Any, ClassVar
 
 import orjson
 
-HEAD_BYTES = 64  # bytes fingerprinted to tell a file from another one on a recycled inode
+HEAD_BYTES = 1024  # bytes at the start fingerprinted to tell a file from another one on a recycled inode
+TAIL_BYTES = 256  # bytes before the saved offset fingerprinted too: log files of one kind begin alike
+BOM = b"\xef\xbb\xbf"
 CHUNK_BYTES = 32 * 1024 * 1024  # at most this much of a plain file per read (bounded memory)
 
 
@@ -112,6 +114,8 @@ class KeyEvent:
         deletion_at: when a scheduled deletion takes effect (microseconds), if the event says.
         key_state: the key's state the event reports (``pending_import`` for a key created without
             material), in the inventory's words; None when it reports none.
+        continuation: the second key event of one call on the same key (a ReEncrypt within one key,
+            Vault's rewrap): it counts as an operation, not as another access.
     """
 
     event_id: str
@@ -135,6 +139,7 @@ class KeyEvent:
     algorithms_used: tuple[str, ...] = ()
     deletion_at: int | None = None
     key_state: str | None = None
+    continuation: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -171,6 +176,7 @@ class FilePosition:
         offset: bytes read (for a compressed file: its size once read whole).
         size, mtime_ns: the file's size and modification time when last read.
         lines: complete lines read (for the line numbers of problems).
+        tail: SHA-1 of the ``TAIL_BYTES`` before ``offset``: a file whose bytes there differ is another file.
     """
 
     identity: str
@@ -181,6 +187,7 @@ class FilePosition:
     size: int = 0
     mtime_ns: int = 0
     lines: int = 0
+    tail: str = ""
 
 
 @dataclass
@@ -199,6 +206,13 @@ class FileRead:
 def _head(handle: Any, length: int) -> str:
     handle.seek(0)
     return hashlib.sha1(handle.read(length), usedforsecurity=False).hexdigest()
+
+
+def _tail(handle: Any, offset: int) -> str:
+    """The fingerprint of the bytes just before ``offset``."""
+    start = max(0, offset - TAIL_BYTES)
+    handle.seek(start)
+    return hashlib.sha1(handle.read(offset - start), usedforsecurity=False).hexdigest()
 
 
 def file_identity(stat: os.stat_result) -> str:
@@ -301,21 +315,22 @@ class KeyEventSource(ABC):
                 identity = file_identity(stat)
                 known = positions.get(identity)
                 if known is not None and (
-                    known.head_length > stat.st_size or _head(handle, known.head_length) != known.head
+                    known.head_length > stat.st_size
+                    or known.offset > stat.st_size
+                    or _head(handle, known.head_length) != known.head
+                    or _tail(handle, known.offset) != known.tail
                 ):
-                    known = None  # a different file on a recycled inode
+                    known = None  # another file on a recycled inode, or this one truncated or rewritten
                 head_length = min(stat.st_size, HEAD_BYTES)
                 position = FilePosition(identity, str(path), _head(handle, head_length), head_length)
                 if known is not None:
                     position.offset, position.size, position.mtime_ns = known.offset, known.size, known.mtime_ns
-                    position.lines = known.lines
+                    position.lines, position.tail = known.lines, known.tail
                 if is_compressed(path):
                     if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
                         return  # read whole before, unchanged since
                     yield self._read_compressed(path, handle, position, stat)
                     return
-                if position.offset > stat.st_size:  # truncated (copytruncate) or rewritten: from the start
-                    position.offset = position.lines = 0
                 while position.offset < stat.st_size:
                     read = self._read_plain(path, handle, position, stat)
                     yield read
@@ -339,58 +354,69 @@ class KeyEventSource(ABC):
             read.problems.append(LogProblem(str(path), 0, reason))
             return read  # its position is not advanced: a file still being written is read once complete
         read.bytes_read = len(data)
-        if not self._parse(data, read, first_line=1, whole=True):
+        if not self._parse_whole(data, read):
             return read
         position.offset, position.size, position.mtime_ns = stat.st_size, stat.st_size, stat.st_mtime_ns
+        position.tail = _tail(handle, stat.st_size)
         return read
 
     def _read_plain(self, path: Path, handle: Any, position: FilePosition, stat: os.stat_result) -> FileRead:
+        """The next chunk of a plain file: complete lines, or (at its start) a whole JSON document."""
         handle.seek(position.offset)
         data = handle.read(min(CHUNK_BYTES, stat.st_size - position.offset))
         read = FileRead(path, position)
         at_end = position.offset + len(data) >= stat.st_size
         end = data.rfind(b"\n") + 1  # up to the last complete line: a line being written waits
-        first_line = position.lines + 1
-        if at_end and position.offset == 0 and end < len(data) and (document := _json(data)) is not _NOT_JSON:
-            self._document(document, read, first_line)  # one document without a final newline (as CloudTrail writes)
-            end = len(data)
+        if position.offset == 0 and _is_document(data, complete=at_end):
+            handle.seek(0)
+            whole = handle.read(stat.st_size)  # a document is read whole, however large
+            if not self._parse_whole(whole, read):
+                return read  # an unfinished JSON document: read again once it is complete
+            end, at_end, data = len(whole), True, whole
         elif end == 0:
             if at_end:
                 return read  # only an unfinished line so far
-            read.problems.append(LogProblem(str(path), first_line, f"a line longer than {len(data)} bytes: skipped"))
+            read.problems.append(
+                LogProblem(str(path), position.lines + 1, f"a line longer than {len(data)} bytes: skipped")
+            )
             end = len(data)
-        elif not self._parse(data[:end], read, first_line=first_line, whole=position.offset == 0):
-            return read  # an unfinished JSON document: read again once it is complete
+        else:
+            start = len(BOM) if position.offset == 0 and data.startswith(BOM) else 0
+            self._parse_lines(data[start:end], read, first_line=position.lines + 1)
         read.bytes_read = end
         position.offset += end
         position.lines += data.count(b"\n", 0, end)
         position.size, position.mtime_ns = stat.st_size, stat.st_mtime_ns
+        position.tail = _tail(handle, position.offset)
         read.complete = at_end
         return read
 
-    def _parse(self, data: bytes, read: FileRead, *, first_line: int, whole: bool) -> bool:
-        """Parse one JSON document or JSON lines into ``read``; False for a document that is not complete yet."""
-        if whole and data.lstrip()[:1] == b"{":
-            try:
-                document = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                first = data.lstrip().split(b"\n", 1)[0]
-                if _json(first) is _NOT_JSON:  # not JSON lines either: one document, broken or still being written
-                    read.problems.append(LogProblem(str(read.path), 0, f"not a complete JSON document: {exc}"))
-                    return False
-            else:
-                self._document(document, read, first_line)
+    def _parse_whole(self, data: bytes, read: FileRead) -> bool:
+        """Parse a complete file's content: one JSON document, else JSON lines; False for an unfinished document."""
+        data = data.removeprefix(BOM)
+        if data.lstrip()[:1] == b"{":
+            document = _json(data)
+            if document is not _NOT_JSON:
+                self._document(document, read, 1)
                 return True
+            lines = data.strip().split(b"\n")
+            if not any(isinstance(_json(line), dict) for line in lines[1:] if line.strip()):
+                # Nothing in it reads as JSON lines either: one document, broken or still being written.
+                read.problems.append(LogProblem(str(read.path), 0, "not a complete JSON document"))
+                return False
+        self._parse_lines(data, read, first_line=1)
+        return True
+
+    def _parse_lines(self, data: bytes, read: FileRead, *, first_line: int) -> None:
+        """Parse JSON lines into ``read``; each bad line is reported with its number."""
         for number, line in enumerate(data.split(b"\n"), start=first_line):
             if not line.strip():
                 continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                read.problems.append(LogProblem(str(read.path), number, f"invalid JSON: {exc}"))
+            record = _json(line)
+            if record is _NOT_JSON:
+                read.problems.append(LogProblem(str(read.path), number, f"invalid JSON: {_json_error(line)}"))
                 continue
             self._document(record, read, number)
-        return True
 
     def _document(self, document: Any, read: FileRead, line: int) -> None:
         try:
@@ -407,6 +433,29 @@ class KeyEventSource(ABC):
 
 
 _NOT_JSON = object()
+
+
+def _is_document(data: bytes, *, complete: bool) -> bool:
+    """Whether the start of a plain file is one JSON document rather than JSON lines.
+
+    It is when it opens with ``{`` and its first line is not a JSON value by itself (a document spread
+    over lines, or one still being written), or when the whole file is one line with no newline yet.
+    """
+    data = data.removeprefix(BOM)
+    if data.lstrip()[:1] != b"{":
+        return False
+    newline = data.find(b"\n")
+    if newline == -1:
+        return complete
+    return _json(data[:newline]) is _NOT_JSON
+
+
+def _json_error(line: bytes) -> str:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return str(exc)
+    return "not JSON"
 
 
 def _json(data: bytes) -> Any:

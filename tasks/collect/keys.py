@@ -150,9 +150,14 @@ class _Run:
             self.keys_seen |= refs
             records = inventory.load(connection, None if final else refs)
             before = inventory.apply_events(records, fresh)
+            # Events older than the retention period teach the inventory but count nowhere else: the lake
+            # could not store their samples, and their ids are forgotten after a retention period.
+            recent = [i for i, event in enumerate(fresh) if event.time_us >= self.oldest_us]
+            counted_events = [fresh[i] for i in recent]
+            counted_before = [before[i] for i in recent]
             found = [
                 violation
-                for event, state in zip(fresh, before, strict=True)
+                for event, state in zip(counted_events, counted_before, strict=True)
                 for violation in policy.check_event(
                     self.policy, event, records.get(event.key_ref or ""), state, self.pseudonym
                 )
@@ -161,7 +166,7 @@ class _Run:
             found += policy.check_estate(self.policy, estate, self.now_us)
             counted = policy.record_violations(connection, found, checked_keys=[r.key_ref for r in estate])
             self.summary.violations += len(counted)
-            frame = self._counter_samples(connection, fresh, before, records, counted, include_held=final)
+            frame = self._counter_samples(connection, counted_events, counted_before, records, counted, final=final)
             if final:
                 frame = pl.concat([frame, counters.gauge_frame(estate, self.now_us)])
             self.summary.new_access += inventory.record_access(connection, self._access_rows(fresh))
@@ -182,22 +187,32 @@ class _Run:
         records: dict[str, inventory.KeyRecord],
         counted: Sequence[policy.Violation],
         *,
-        include_held: bool,
+        final: bool,
     ) -> pl.DataFrame:
-        """Counter samples of new events and violations (and, with ``include_held``, of counts held back before)."""
+        """Counter samples of new events and violations.
+
+        A chunk before the last writes no sample for the current bucket (a later chunk may add to it);
+        the last one writes it, and writes what earlier runs held back for a bucket that has now begun.
+        """
         increments = counters.increments(
             fresh, before, records, counted, step_us=self.step_us, now_us=self.now_us, pseudonym=self.pseudonym
         )
-        if include_held:  # a series with no new event still owes the events held for a bucket now begun
+        current = self.now_us - self.now_us % self.step_us
+        publish_until = current if final else current - self.step_us
+        if final:  # a series with no new event may still owe counts held for a bucket now begun
             for name in self.ledger.held(connection):
                 increments.setdefault(counters.split_series_name(name), {})
         names = {key: counters.series_name(*key) for key in increments}
         states = self.ledger.counters(connection, names.values())
         rows: list[tuple[str, str, int, float]] = []
-        saved: list[tuple[str, float, int | None, float]] = []
+        saved: list[tuple[str, float, int | None, float, int | None]] = []
         for key, counts in increments.items():
             samples, state = counters.advance(
-                counts, states.get(names[key]), step_us=self.step_us, now_us=self.now_us, oldest_us=self.oldest_us
+                counts,
+                states.get(names[key]),
+                step_us=self.step_us,
+                publish_until_us=publish_until,
+                oldest_us=self.oldest_us,
             )
             rows.extend((key[0], key[1], stamp, total) for stamp, total in samples)
             saved.append((names[key], *state))
@@ -322,7 +337,7 @@ def _collect(
             summary.parse_seconds += time.perf_counter() - parse_clock
             run.commit(reader.name, batch, final=True)
             with ledger.transaction() as connection:
-                ledger.forget_files(connection, reader.name, identities)
+                ledger.forget_files(connection, reader.name, reader.paths, identities)
             summary.files = len(identities)
             summary.keys_seen = len(run.keys_seen)
         finally:

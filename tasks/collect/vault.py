@@ -172,6 +172,10 @@ class VaultAuditSource(KeyEventSource):
             kind = EventKind.OTHER  # a refused call with no key (random, hash, a list of keys)
         data = request.get("data")
         data = data if isinstance(data, Mapping) else {}
+        if kind == EventKind.VERIFY and "hmac" in data:
+            kind = EventKind.MAC  # verify/<key> checks an HMAC when given one
+        if kind == EventKind.CREATED and _already_existed(entry):
+            kind = EventKind.CONFIGURED  # Vault answers a create of an existing key with a warning
         auth = entry.get("auth")
         auth = auth if isinstance(auth, Mapping) else {}
         algorithm = None
@@ -204,8 +208,8 @@ class VaultAuditSource(KeyEventSource):
             algorithm=algorithm,
             algorithms_used=used,
         )
-        if parts[0] == "rewrap" and key_name:
-            return [event, replace(event, event_id=request_id + ":rewrap", kind=EventKind.ENCRYPT)]
+        if parts[0] == "rewrap" and key_name and error is None:
+            return [event, replace(event, event_id=request_id + ":rewrap", kind=EventKind.ENCRYPT, continuation=True)]
         return [event]
 
     @staticmethod
@@ -240,6 +244,13 @@ def principal(auth: Mapping[str, Any]) -> str | None:
     metadata = auth.get("metadata")
     role = clear_text(metadata.get("role_name")) if isinstance(metadata, Mapping) else None
     return f"{name}:{role}" if name and role and role not in name else name
+
+
+def _already_existed(entry: Mapping[str, Any]) -> bool:
+    """Whether a response warns that the key it was asked to create already existed."""
+    response = entry.get("response")
+    warnings = response.get("warnings") if isinstance(response, Mapping) else None
+    return isinstance(warnings, list) and any(isinstance(w, str) and "already exist" in w.lower() for w in warnings)
 
 
 def _key_state_error(error: str) -> bool:

@@ -85,7 +85,8 @@ SAMPLE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 Increments = dict[tuple[str, str], dict[int, float]]  # (metric, canonical tags) -> bucket start (µs) -> count
-CounterState = tuple[float, int | None, float]  # total, last bucket written, count held for the next bucket
+# total, last bucket written, count held back, the bucket it is held for
+CounterState = tuple[float, int | None, float, int | None]
 
 
 def unknown_key_tags(event: KeyEvent) -> dict[str, str]:
@@ -136,11 +137,14 @@ def increments(
             text = canonical_tags(key_tags(event.key_ref, event))
             if event.key_ref is not None:
                 tag_texts[event.key_ref] = text
-        counts["access_count", text][bucket] += 1
+        if not event.continuation:
+            counts["access_count", text][bucket] += 1
         if event.succeeded:
             metric = OPERATION_METRICS.get(event.kind)
             if metric and not (event.kind == EventKind.DELETED and before in (PENDING_DELETION, DELETED)):
                 counts[metric, text][bucket] += 1
+        if event.continuation:
+            continue  # the call's first event counted the access and any refusal
         if event.unauthorized:
             extra = {"principal": pseudonym("principal", event.principal or "unknown")}
             counts["unauthorized_access", canonical_tags({**key_tags(event.key_ref, event), **extra})][bucket] += 1
@@ -167,31 +171,36 @@ def split_series_name(name: str) -> tuple[str, str]:
 
 
 def advance(
-    counts: Mapping[int, float], state: CounterState | None, *, step_us: int, now_us: int, oldest_us: int = 0
+    counts: Mapping[int, float],
+    state: CounterState | None,
+    *,
+    step_us: int,
+    publish_until_us: int,
+    oldest_us: int = 0,
 ) -> tuple[list[tuple[int, float]], CounterState]:
     """One series' new samples (bucket start, total) and its new state.
 
     Args:
         counts: new events per bucket start.
-        state: (total, last bucket written, held count), or None for a new series.
+        state: (total, last bucket written, count held, the bucket it is held for), or None for a new series.
         step_us: the bucket width.
-        now_us: now: no sample is written for a bucket that has not begun.
+        publish_until_us: the last bucket start a sample may be written for (a bucket that has begun);
+            counts for later buckets are held in the state until a later call may write them.
         oldest_us: buckets before this (the retention period's start) count in the total but write no
             sample, since the lake would refuse it.
     """
-    total, last, held = state if state is not None else (0.0, None, 0.0)
-    current = now_us - now_us % step_us
+    total, last, held, held_slot = state if state is not None else (0.0, None, 0.0, None)
     slots: dict[int, float] = defaultdict(float)
     for bucket, count in counts.items():
         slots[bucket if last is None or bucket > last else last + step_us] += count
-    if held:
-        assert last is not None
-        slots[last + step_us] += held
+    if held and held_slot is not None:
+        slots[held_slot if last is None or held_slot > last else last + step_us] += held
     samples: list[tuple[int, float]] = []
-    held = 0.0
+    held, held_slot = 0.0, None
     for slot in sorted(slots):
-        if slot > current:
+        if slot > publish_until_us:
             held += slots[slot]
+            held_slot = slot if held_slot is None else max(held_slot, slot)  # never before the events happened
             continue
         if slot - step_us >= oldest_us and (last is None or slot - step_us > last):
             samples.append((slot - step_us, total))  # the total before: increase() sees this bucket's events
@@ -199,7 +208,7 @@ def advance(
         if slot >= oldest_us:
             samples.append((slot, total))
         last = slot
-    return samples, (total, last, held)
+    return samples, (total, last, held, held_slot)
 
 
 def counter_frame(rows: Iterable[tuple[str, str, int, float]]) -> pl.DataFrame:

@@ -47,11 +47,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     source TEXT NOT NULL, identity TEXT NOT NULL, path TEXT NOT NULL, head TEXT NOT NULL,
     head_length INTEGER NOT NULL, "offset" INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    lines INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (source, identity)
+    lines INTEGER NOT NULL, tail TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (source, identity)
 );
 CREATE TABLE IF NOT EXISTS seen_events (id INTEGER PRIMARY KEY, day INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
-    series TEXT PRIMARY KEY, total REAL NOT NULL, last_bucket INTEGER, held REAL NOT NULL DEFAULT 0
+    series TEXT PRIMARY KEY, total REAL NOT NULL, last_bucket INTEGER, held REAL NOT NULL, held_bucket INTEGER
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, rows INTEGER NOT NULL, samples BLOB NOT NULL
@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS violations (
 );
 """
 _POSITION_FIELDS = tuple(f.name for f in fields(FilePosition))
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
 
 
 def event_hash(source: str, event_id: str) -> int:
@@ -141,10 +145,18 @@ class KeyLedger:
         )
 
     @staticmethod
-    def forget_files(connection: sqlite3.Connection, source: str, keep: set[str]) -> int:
-        """Drop the positions of files no longer present (identities not in ``keep``); return how many."""
-        known = [row[0] for row in connection.execute("SELECT identity FROM files WHERE source = ?", (source,))]
-        gone = [(source, identity) for identity in known if identity not in keep]
+    def forget_files(connection: sqlite3.Connection, source: str, roots: Sequence[Path], seen: set[str]) -> int:
+        """Drop the positions of files gone from under ``roots`` (not in ``seen``); return how many.
+
+        Positions of files elsewhere (another collection's paths) and under a root that is missing
+        right now (an unmounted share) are kept.
+        """
+        present = [root for root in roots if root.exists()]
+        gone = []
+        for identity, path in connection.execute("SELECT identity, path FROM files WHERE source = ?", (source,)):
+            if identity in seen or not any(_under(Path(path), root) for root in present):
+                continue
+            gone.append((source, identity))
         connection.executemany("DELETE FROM files WHERE source = ? AND identity = ?", gone)
         return len(gone)
 
@@ -176,17 +188,19 @@ class KeyLedger:
 
     # -- counters -----------------------------------------------------------------------
     @staticmethod
-    def counters(connection: sqlite3.Connection, series: Iterable[str]) -> dict[str, tuple[float, int | None, float]]:
-        """(total, last bucket written, count held back) of the given counter series that exist."""
+    def counters(
+        connection: sqlite3.Connection, series: Iterable[str]
+    ) -> dict[str, tuple[float, int | None, float, int | None]]:
+        """(total, last bucket written, count held back, its bucket) of the given counter series that exist."""
         wanted = list(dict.fromkeys(series))
-        found: dict[str, tuple[float, int | None, float]] = {}
+        found: dict[str, tuple[float, int | None, float, int | None]] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
-            for name, total, last, held in connection.execute(
-                f"SELECT series, total, last_bucket, held FROM counters WHERE series IN ({marks})", chunk
+            for name, total, last, held, held_bucket in connection.execute(
+                f"SELECT series, total, last_bucket, held, held_bucket FROM counters WHERE series IN ({marks})", chunk
             ):
-                found[name] = (total, last, held)
+                found[name] = (total, last, held, held_bucket)
         return found
 
     @staticmethod
@@ -195,10 +209,13 @@ class KeyLedger:
         return [row[0] for row in connection.execute("SELECT series FROM counters WHERE held > 0 ORDER BY series")]
 
     @staticmethod
-    def save_counters(connection: sqlite3.Connection, rows: Iterable[tuple[str, float, int | None, float]]) -> None:
-        """Insert or replace (series, total, last bucket, held) rows."""
+    def save_counters(
+        connection: sqlite3.Connection, rows: Iterable[tuple[str, float, int | None, float, int | None]]
+    ) -> None:
+        """Insert or replace (series, total, last bucket, held, held bucket) rows."""
         connection.executemany(
-            "INSERT OR REPLACE INTO counters (series, total, last_bucket, held) VALUES (?, ?, ?, ?)", rows
+            "INSERT OR REPLACE INTO counters (series, total, last_bucket, held, held_bucket) VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
 
     # -- outbox -------------------------------------------------------------------------

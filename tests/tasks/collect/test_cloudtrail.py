@@ -243,3 +243,23 @@ def test_records_must_be_a_list(tmp_path: Path) -> None:
     (tmp_path / "odd.json").write_text(json.dumps({"Records": {"a": 1}}))
     _, problems, _ = read_all(tmp_path)
     assert problems == [f"{tmp_path / 'odd.json'}:1: Records: expected a list, got dict"]
+
+
+def test_a_refused_reencrypt_is_one_refused_access() -> None:
+    denied = {**record("ReEncrypt"), "errorCode": "AccessDenied", "errorMessage": "not authorized"}
+    (event,) = parse(denied)
+    assert (event.kind, event.unauthorized, event.continuation) == (EventKind.DECRYPT, True, False)
+
+
+def test_a_reencrypt_within_one_key_is_one_access() -> None:
+    item = record("ReEncrypt")
+    item["resources"] = [item["resources"][0]]
+    item["requestParameters"] = {"destinationKeyId": K1}
+    decrypt, encrypt = parse(item)
+    assert (decrypt.key_id, encrypt.key_id, encrypt.continuation) == (K1, K1, True)
+
+
+def test_a_cross_account_call_is_one_event_in_both_accounts_trails() -> None:
+    ours = {**record("Decrypt"), "sharedEventID": "11111111-2222-3333-4444-555555555555"}
+    theirs = {**ours, "eventID": "99999999-8888-7777-6666-555555555555", "recipientAccountId": "444455556666"}
+    assert parse(ours)[0].event_id == parse(theirs)[0].event_id == ours["sharedEventID"]

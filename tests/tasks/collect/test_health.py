@@ -26,7 +26,7 @@ from tasks.collect.health import (
 from tests.exposition import ExpositionServer, Route
 from tests.servers import free_port
 
-TIMEOUT = 0.5
+TIMEOUT = 1.5  # far above the slow route, far below the silent one: a loaded machine stays on the right side
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def server() -> Iterator[ExpositionServer]:
         "/health": Route(b"ok\n"),
         "/slow": Route(b"ok\n", delay=0.3),
         "/broken": Route(b"oops\n", status=503),
-        "/silent": Route(b"late\n", delay=2.0),  # longer than the timeout
+        "/silent": Route(b"late\n", delay=4.0),  # longer than the timeout
     }
     with ExpositionServer(routes) as running:
         yield running

@@ -60,9 +60,11 @@ def test_a_log_set_is_counted_once_across_reruns_and_redeliveries(key_settings: 
     assert first.problems == 0
     assert first.events == first.records > 400  # usage plus the estate's lifecycle events
     assert first.samples > 0
-    assert first.rejected == 0  # the legacy key's creation, 400 days old, counts but writes no sample
+    assert first.rejected == 0
     totals = lake_totals(key_settings)
-    assert totals["crypto.key.access_count"] == first.events
+    # The legacy key's creation, 400 days old, is in the inventory but older than the retention period:
+    # it counts nowhere else.
+    assert totals["crypto.key.access_count"] == first.events - 1
     again = collect_key_events(key_settings, "cloudtrail", [logs])
     assert (again.events, again.duplicates, again.records) == (0, 0, 0)  # nothing new was read at all
     copies = logs / "redelivered"
@@ -171,10 +173,24 @@ def test_the_documented_estate_in_the_inventory_and_report(key_settings: Setting
     assert keys["c0ffee00-1a2b-4c3d-8e4f-0123456789ab"]["state"] == "pending_import"
     assert keys["1234abcd-12ab-34cd-56ef-1234567890ab"]["last_rotated_at"] == "2024-10-29T17:21:03Z"
     assert keys["1234abcd-12ab-34cd-56ef-1234567890ab"]["rotation_enabled"] is True
-    policies = {(v["key_id"], v["policy"]) for v in report.violations}
-    assert ("0987dcba-09fe-87dc-65ba-ab0987654321", "disabled_key_use") in policies  # Encrypt-DisabledException
+    policies = {v["policy"] for v in report.violations}
+    assert policies == {"rotation_overdue"}  # the calls are older than the retention period: history only
     assert report.summary["rotation_overdue"]  # rotations in 2024 are more than 365 days ago now
     assert "0987dcba-09fe-87dc-65ba-ab0987654321" not in report.summary["rotation_overdue"]  # deleted keys are exempt
+
+
+def test_a_recent_use_of_a_disabled_key_is_a_violation(key_settings: Settings, tmp_path: Path) -> None:
+    records = []
+    for offset, name in ((30, "DisableKey"), (20, "Encrypt-DisabledException")):
+        item = json.loads((FIXTURES / "cloudtrail" / f"{name}.json").read_text())
+        item["eventTime"] = (NOW - timedelta(minutes=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        records.append(item)
+    (tmp_path / "recent.json").write_text(json.dumps({"Records": records}))
+    summary = collect_key_events(key_settings, "cloudtrail", [tmp_path])
+    assert summary.violations == 1
+    (violation,) = keys_report(key_settings).violations
+    assert (violation["policy"], violation["kind"], violation["count"]) == ("disabled_key_use", "event", 1)
+    assert lake_totals(key_settings)["crypto.key.policy_violations"] == 1
 
 
 def test_principals_and_addresses_never_reach_the_lake_or_the_state_in_the_clear(
@@ -248,3 +264,28 @@ def test_events_held_for_a_bucket_not_begun_are_written_by_a_later_run(
     summary = collect_key_events(five_minutes, "cloudtrail", [tmp_path])  # no new event: the held one is due
     assert summary.events == 0
     assert lake_totals(five_minutes)["crypto.key.decryption_ops"] == 2
+
+
+def test_collecting_another_folder_keeps_the_positions_of_this_one(key_settings: Settings, tmp_path: Path) -> None:
+    cloudtrail_logs(tmp_path / "scheduled", events=30)
+    (tmp_path / "by-hand").mkdir()
+    first = collect_key_events(key_settings, "cloudtrail", [tmp_path / "scheduled"])
+    collect_key_events(key_settings, "cloudtrail", [tmp_path / "by-hand"])
+    collect_key_events(key_settings, "cloudtrail", [tmp_path / "missing-mount"])
+    again = collect_key_events(key_settings, "cloudtrail", [tmp_path / "scheduled"])
+    assert first.records > 0
+    assert (again.records, again.duplicates) == (0, 0)  # nothing was read again
+
+
+def test_chunks_give_the_same_counts_as_one_batch(
+    key_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.collect.keys as collector
+
+    cloudtrail_logs(tmp_path / "ct", events=200, minutes=20)
+    whole = Settings(data_dir=tmp_path / "whole", security_interval=60.0)
+    collect_key_events(whole, "cloudtrail", [tmp_path / "ct"])
+    monkeypatch.setattr(collector, "CHUNK_EVENTS", 7)
+    chunked = collect_key_events(key_settings, "cloudtrail", [tmp_path / "ct"])
+    assert chunked.events > 200
+    assert lake_totals(key_settings) == lake_totals(whole)

@@ -166,3 +166,48 @@ def test_a_file_gone_between_listing_and_reading_is_reported(tmp_path: Path) -> 
 )
 def test_parse_time(text: Any, expected: int | None) -> None:
     assert parse_time(text) == expected
+
+
+def test_a_file_rewritten_in_place_with_the_same_start_and_size_is_a_new_file(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    prefix = "".join(line(n) for n in range(200))  # log files of one kind begin alike: well past the head
+    log.write_text(prefix + line(900))
+    tail = Tail(log)
+    assert tail.run()[0][-1] == "900"
+    with log.open("r+") as handle:  # the same inode and size; only the end differs
+        handle.write(prefix + line(901))
+    ids, _ = tail.run()
+    assert ids[-1] == "901"
+    assert len(ids) == 201
+
+
+def test_a_jsonl_file_with_a_broken_first_line_is_read_past_it(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    path.write_text('{"id": 1, broken\n' + line(2) + line(3))
+    ids, problems = Tail(path).run()
+    assert ids == ["2", "3"]
+    assert problems[0].startswith(f"{path}:1: invalid JSON")
+
+
+def test_a_byte_order_mark_is_not_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    path.write_bytes(b"\xef\xbb\xbf" + (line(1) + line(2)).encode())
+    assert Tail(path).run() == (["1", "2"], [])
+    doc = tmp_path / "doc.json"
+    doc.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": 3}, indent=1).encode())
+    assert Tail(doc).run() == (["3"], [])
+
+
+def test_a_document_larger_than_a_chunk_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.collect.key_events as key_events
+
+    class Records(Lines):
+        def records(self, document: Any) -> list[Any] | None:
+            return document.get("Records") if isinstance(document, dict) else None
+
+    monkeypatch.setattr(key_events, "CHUNK_BYTES", 256)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"Records": [{"id": n} for n in range(100)]}, indent=2))
+    reads = list(Records([path]).read({}))
+    assert [e.event_id for read in reads for e in read.events] == [str(n) for n in range(100)]
+    assert reads[-1].position.offset == path.stat().st_size

@@ -32,7 +32,7 @@ def test_the_documented_log_gives_one_event_per_transit_request() -> None:
         ("transit/verify", EventKind.VERIFY, "vault:transit/signer", False),
         ("transit/hmac", EventKind.MAC, "vault:transit/macs", False),
         ("crypto/encrypt", EventKind.ENCRYPT, "vault:crypto/payments", False),  # a transit engine at crypto/
-        ("transit/verify", EventKind.VERIFY, "vault:transit/macs", False),
+        ("transit/verify", EventKind.MAC, "vault:transit/macs", False),  # verifying an HMAC
         ("transit/encrypt", EventKind.ENCRYPT, "vault:transit/orders", True),  # permission denied, counted once
         ("crypto/decrypt", EventKind.DECRYPT, "vault:crypto/payments", False),
         ("transit/keys/config", EventKind.POLICY_CHANGED, "vault:transit/orders", False),
@@ -127,3 +127,13 @@ def test_bad_entries_are_refused_with_the_field(change: dict[str, Any], reason: 
 )
 def test_principal(auth: dict[str, Any], expected: str | None) -> None:
     assert principal(auth) == expected
+
+
+def test_refused_rewrap_is_one_event_and_an_existing_key_is_not_created_again() -> None:
+    denied = json.loads(json.dumps(ENTRIES[20]))  # the permission-denied request entry
+    denied["request"]["path"] = "transit/rewrap/orders"
+    (event,) = events([denied])
+    assert event.unauthorized
+    again = json.loads(json.dumps(ENTRIES[1]))  # the create response
+    again["response"] = {"warnings": ["the key already existed; its configuration was not changed"]}
+    assert events([again])[0].kind == EventKind.CONFIGURED

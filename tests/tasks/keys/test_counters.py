@@ -18,31 +18,44 @@ def b(n: int) -> int:
     return n * STEP
 
 
+CURRENT = b(1000)  # the bucket NOW is in
+
+
 def test_a_new_series_starts_from_a_zero_before_its_first_bucket() -> None:
-    samples, state = advance({b(990): 3, b(995): 2}, None, step_us=STEP, now_us=NOW)
+    samples, state = advance({b(990): 3, b(995): 2}, None, step_us=STEP, publish_until_us=CURRENT)
     assert samples == [(b(989), 0.0), (b(990), 3.0), (b(994), 3.0), (b(995), 5.0)]  # a gap carries the total
-    assert state == (5.0, b(995), 0.0)
+    assert state == (5.0, b(995), 0.0, None)
 
 
 def test_late_events_count_in_the_bucket_after_the_last_one() -> None:
-    samples, state = advance({b(990): 4, b(996): 1}, (10.0, b(995), 0.0), step_us=STEP, now_us=NOW)
+    state = (10.0, b(995), 0.0, None)
+    samples, state = advance({b(990): 4, b(996): 1}, state, step_us=STEP, publish_until_us=CURRENT)
     assert samples == [(b(996), 15.0)]  # the 4 late events join bucket 996, never rewriting 990 or 995
-    assert state == (15.0, b(996), 0.0)
+    assert state == (15.0, b(996), 0.0, None)
 
 
 def test_events_for_a_bucket_not_begun_are_held_for_the_next_run() -> None:
-    samples, state = advance({b(999): 2}, (10.0, b(1000), 0.0), step_us=STEP, now_us=NOW)
+    samples, state = advance({b(999): 2}, (10.0, b(1000), 0.0, None), step_us=STEP, publish_until_us=CURRENT)
     assert samples == []  # bucket 1001 has not begun
-    assert state == (10.0, b(1000), 2.0)
-    samples, state = advance({}, state, step_us=STEP, now_us=NOW + STEP)
+    assert state == (10.0, b(1000), 2.0, b(1001))
+    samples, state = advance({}, state, step_us=STEP, publish_until_us=CURRENT + STEP)
     assert samples == [(b(1001), 12.0)]
-    assert state == (12.0, b(1001), 0.0)
+    assert state == (12.0, b(1001), 0.0, None)
+
+
+def test_a_bucket_held_back_keeps_its_time() -> None:
+    # A chunk before a run's last leaves the current bucket open; the last chunk writes it where it belongs.
+    samples, state = advance({b(998): 1, b(1000): 2}, None, step_us=STEP, publish_until_us=CURRENT - STEP)
+    assert samples == [(b(997), 0.0), (b(998), 1.0)]
+    assert state == (1.0, b(998), 2.0, b(1000))
+    samples, state = advance({b(1000): 1}, state, step_us=STEP, publish_until_us=CURRENT)
+    assert samples == [(b(999), 1.0), (b(1000), 4.0)]
 
 
 def test_buckets_before_the_retention_period_count_but_write_nothing() -> None:
-    samples, state = advance({b(10): 5, b(998): 1}, None, step_us=STEP, now_us=NOW, oldest_us=b(900))
+    samples, state = advance({b(10): 5, b(998): 1}, None, step_us=STEP, publish_until_us=CURRENT, oldest_us=b(900))
     assert samples == [(b(997), 5.0), (b(998), 6.0)]
-    assert state == (6.0, b(998), 0.0)
+    assert state == (6.0, b(998), 0.0, None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -57,7 +70,7 @@ def test_whatever_the_order_of_runs_no_event_is_lost_or_counted_twice(runs: list
         counts: dict[int, float] = {}
         for bucket, count in run:
             counts[b(min(bucket, now // STEP))] = counts.get(b(min(bucket, now // STEP)), 0) + count
-        samples, state = advance(counts, state, step_us=STEP, now_us=now)
+        samples, state = advance(counts, state, step_us=STEP, publish_until_us=now - now % STEP)
         written += samples
         now += STEP // 2
     stamps = [stamp for stamp, _ in written]
