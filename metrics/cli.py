@@ -23,6 +23,7 @@ from rich.table import Table
 from metrics.cli_bench import bench_app
 from metrics.cli_collect import collect_app, keys_report_command
 from metrics.cli_keys import keys_app
+from metrics.cli_models import detect, eval_app
 from metrics.errors import MetricsError, ValidationError
 from metrics.settings import Settings
 from metrics.timestamps import looks_like_duration, parse_duration, parse_timestamp
@@ -40,6 +41,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(collect_app, name="collect")
 app.command("keys-report")(keys_report_command)
+app.command("detect")(detect)
+app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -1,0 +1,115 @@
+"""``metrics detect`` (anomaly scores for CSV files) and ``metrics eval nab`` (the NAB benchmark's scores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from metrics.errors import ValidationError
+from models.detectors import DEFAULT_DETECTOR, DETECTORS
+
+eval_app = typer.Typer(
+    help="Measure the models on public benchmarks; `--json` prints one JSON line.\n\n"
+    "Example: metrics eval nab --data ../shared/data/nab-dev/data --windows ../shared/data/nab-dev/windows.json",
+    no_args_is_help=True,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+DETECTOR_HELP = f"Detector: {', '.join(DETECTORS)} (default {DEFAULT_DETECTOR}, the best on NAB)."
+
+
+def _check_detector(name: str, *, allow_all: bool = False) -> list[str]:
+    if allow_all and name == "all":
+        return list(DETECTORS)
+    if name not in DETECTORS:
+        choices = ", ".join([*DETECTORS, "all"] if allow_all else DETECTORS)
+        raise ValidationError(f"--detector: {name!r} is not one of {choices}")
+    return [name]
+
+
+def _progress(label: str) -> Progress:
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+    )
+
+
+def detect(
+    input_path: Annotated[Path, typer.Option("--input", help="A timestamp,value CSV, or a folder of them.")],
+    output: Annotated[Path, typer.Option("--output", help="The output CSV, or folder for a folder input.")],
+    detector: Annotated[str, typer.Option(help=DETECTOR_HELP)] = DEFAULT_DETECTOR,
+    workers: Annotated[int | None, typer.Option(help="Processes for a folder (default: one per core).")] = None,
+) -> None:
+    """Score every row of a CSV (timestamp,value) for anomalies; writes timestamp,value,anomaly_score.
+
+    Same rows, same order; each row's score uses only the rows above it (streaming, as in production).
+    A folder is scored file by file in parallel into the same relative paths under --output.
+
+    Example: metrics detect --input ../shared/data/nab-dev/data --output scores/ --detector ensemble
+    """
+    from metrics.detect_files import score_path
+
+    _check_detector(detector)
+    with _progress(f"scoring with {detector}") as progress:
+        task = progress.add_task("score", total=None)
+        done = score_path(
+            input_path,
+            output,
+            detector,
+            workers=workers,
+            progress=lambda n, total: progress.update(task, completed=n, total=total),
+        )
+    rows = sum(item.rows for item in done)
+    seconds = sum(item.seconds for item in done)
+    out.print(f"scored {len(done)} files, {rows:,} rows with {detector} ({seconds:.1f} s of work)", markup=False)
+    print(done[0].output if len(done) == 1 else output)
+
+
+@eval_app.command("nab")
+def eval_nab(
+    data: Annotated[Path, typer.Option(help="The NAB data folder (files named as in --windows).")],
+    windows: Annotated[Path, typer.Option(help="NAB's windows.json (file -> list of [start, end]).")],
+    detector: Annotated[str, typer.Option(help=DETECTOR_HELP + " 'all' scores each.")] = DEFAULT_DETECTOR,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on the last line.")] = False,
+) -> None:
+    """The NAB scores (standard, reward_low_FP_rate, reward_low_FN_rate) of a detector on a NAB-layout corpus.
+
+    Rules of ../shared/data/README.md: probationary period, scaled sigmoid, one threshold per profile
+    for the whole corpus (the exact optimum), normalised 0 (never fires) to 100 (perfect).
+
+    Example: metrics eval nab --data ../shared/data/nab-dev/data --windows ../shared/data/nab-dev/windows.json --json
+    """
+    from metrics.detect_files import evaluate_nab
+
+    names = _check_detector(detector, allow_all=True)
+    reports = []
+    for name in names:
+        with _progress(f"NAB with {name}") as progress:
+            task = progress.add_task("nab", total=None)
+
+            def advance(done: int, total: int, bar: Progress = progress, task_id: TaskID = task) -> None:
+                bar.update(task_id, completed=done, total=total)
+
+            reports.append(evaluate_nab(data, windows, name, workers=workers, progress=advance))
+    table = Table(header_style="bold", title="NAB scores (0: never fires, 100: perfect)", title_justify="left")
+    for column in ("detector", "standard", "reward_low_FP_rate", "reward_low_FN_rate", "files", "rows", "seconds"):
+        table.add_column(column, justify="left" if column == "detector" else "right")
+    for report in reports:
+        row = report.to_dict()
+        table.add_row(
+            report.detector,
+            *(f"{row[p]:.1f}" for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")),
+            str(report.files),
+            f"{report.rows:,}",
+            f"{report.seconds:.1f}",
+        )
+    if not as_json:
+        out.print(table)
+    figures = [report.to_dict() for report in reports]
+    print(json.dumps(figures[0] if len(figures) == 1 else figures))

@@ -1,0 +1,22 @@
+"""Every anomaly detector by name, and how to build one: the registry the CLI, API and flows choose from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.base import Detector
+from models.ensemble import MEMBERS, Ensemble
+
+DETECTORS: dict[str, type[Detector]] = {**MEMBERS, Ensemble.name: Ensemble}
+DEFAULT_DETECTOR = Ensemble.name  # the best on NAB (see the README's figures)
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, **params: Any) -> Detector:
+    """A new detector ``name`` with ``params``; an unknown name or parameter raises ValueError naming it."""
+    cls = DETECTORS.get(name)
+    if cls is None:
+        raise ValueError(f"detector: {name!r} is not one of {', '.join(DETECTORS)}")
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"detector {name}: {exc}") from None
