@@ -92,6 +92,20 @@ JOBS: tuple[Job, ...] = (
         "Check every health target over HTTP(S) or TCP and store health.target.up, response time and status.",
     ),
     Job(
+        "score-anomalies",
+        "flows/score_anomalies.py:score_anomalies",
+        "anomaly_interval",
+        "monitoring",
+        "Score every series' new rows for anomalies and write the anomalies table; artifact: the top anomalies.",
+    ),
+    Job(
+        "train-models",
+        "flows/train_models.py:train_models",
+        "train_interval",
+        "maintenance",
+        "Fit an anomaly model per series with enough history and store it in the model registry.",
+    ),
+    Job(
         "compact-lake",
         "flows/compact.py:compact_lake",
         "compact_interval",

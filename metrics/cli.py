@@ -23,7 +23,7 @@ from rich.table import Table
 from metrics.cli_bench import bench_app
 from metrics.cli_collect import collect_app, keys_report_command
 from metrics.cli_keys import keys_app
-from metrics.cli_models import detect, eval_app
+from metrics.cli_models import anomalies, correlations, detect, eval_app, train
 from metrics.errors import MetricsError, ValidationError
 from metrics.settings import Settings
 from metrics.timestamps import looks_like_duration, parse_duration, parse_timestamp
@@ -42,6 +42,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(collect_app, name="collect")
 app.command("keys-report")(keys_report_command)
 app.command("detect")(detect)
+app.command("anomalies")(anomalies)
+app.command("correlations")(correlations)
+app.command("train")(train)
 app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True)

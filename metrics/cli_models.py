@@ -113,3 +113,76 @@ def eval_nab(
         out.print(table)
     figures = [report.to_dict() for report in reports]
     print(json.dumps(figures[0] if len(figures) == 1 else figures))
+
+
+def anomalies(
+    pattern: Annotated[str, typer.Argument(help="Glob over metric names, e.g. 'crypto.key.*'.")] = "*",
+    sensitivity: Annotated[float, typer.Option(help="0 (only the surest, score ≥ 0.9) … 1 (score ≥ 0.5).")] = 0.5,
+    window_hours: Annotated[float, typer.Option(help="How far back to look.")] = 24.0,
+    refresh: Annotated[bool, typer.Option(help="Score what arrived since the last scoring run first.")] = True,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """The anomalies of matching metrics in the last hours, highest score first (new rows are scored first).
+
+    Example: metrics anomalies 'system.*' --sensitivity 0.7 --window-hours 6
+    """
+    from metrics.analysis import detect_anomalies
+    from metrics.cli import emit, open_store, settings
+
+    with open_store() as store:
+        frame = detect_anomalies(settings(), store, pattern, sensitivity, window_hours, refresh=refresh)
+    emit(frame.drop("series_id", "scored_at"), fmt)
+
+
+def correlations(
+    primary: Annotated[str, typer.Argument(help="The metric (glob) the others are compared with.")],
+    secondary: Annotated[list[str], typer.Option("--with", help="Globs of the candidate series (repeatable).")],
+    threshold: Annotated[float, typer.Option(help="Least |Pearson| or |Spearman| reported.")] = 0.7,
+    window_hours: Annotated[float, typer.Option(help="The window compared.")] = 24.0,
+    interval: Annotated[str, typer.Option(help="Bucket width the series are resampled to.")] = "5m",
+    max_lag: Annotated[int, typer.Option(help="Lags tried in each direction, in buckets.")] = 12,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """Series correlated with a metric: Pearson and Spearman at the best lag, strongest first.
+
+    Example: metrics correlations system.cpu.usage_total --with 'crypto.key.*_ops' --threshold 0.6
+    """
+    import polars as pl
+
+    from metrics.analysis import find_correlations
+    from metrics.cli import emit, open_store
+
+    with open_store(read_only=True) as store:
+        found = find_correlations(
+            store, primary, secondary, threshold, window_hours=window_hours, interval=interval, max_lag=max_lag
+        )
+    schema = {
+        "series": pl.String,
+        "pearson": pl.Float64,
+        "spearman": pl.Float64,
+        "lag_buckets": pl.Int64,
+        "lag_seconds": pl.Float64,
+        "points": pl.Int64,
+        "strength": pl.Float64,
+    }
+    emit(pl.DataFrame([item.to_dict() for item in found], schema=schema), fmt)
+
+
+def train(
+    pattern: Annotated[list[str] | None, typer.Option(help="Train only series of these metric globs.")] = None,
+) -> None:
+    """Train an anomaly model per series with enough history and store it in the registry (what train-models does).
+
+    Example: metrics train --pattern 'system.*'
+    """
+    from metrics.cli import open_store, settings
+    from tasks.anomalies import AnomalyScorer
+
+    with open_store() as store:
+        summary = AnomalyScorer(settings(), store).train(pattern or None)
+    out.print(
+        f"trained {len(summary.trained)} models, skipped {summary.skipped} series with too little history, "
+        f"pruned {summary.pruned} old versions in {summary.seconds:.1f} s",
+        markup=False,
+    )
+    print(len(summary.trained))

@@ -79,6 +79,16 @@ ENV_NAMES = {
     "key_forbidden_algorithms": "METRICS_KEY_FORBIDDEN_ALGORITHMS",
     "key_allowed_principals": "METRICS_KEY_ALLOWED_PRINCIPALS",
     "key_forbid_disabled_use": "METRICS_KEY_FORBID_DISABLED_USE",
+    "anomaly_detector": "METRICS_ANOMALY_DETECTOR",
+    "anomaly_metrics": "METRICS_ANOMALY_METRICS",
+    "anomaly_max_series": "METRICS_ANOMALY_MAX_SERIES",
+    "anomaly_threshold": "METRICS_ANOMALY_THRESHOLD",
+    "anomaly_interval": "METRICS_ANOMALY_INTERVAL",
+    "score_warmup_hours": "METRICS_SCORE_WARMUP_HOURS",
+    "train_interval": "METRICS_TRAIN_INTERVAL",
+    "train_days": "METRICS_TRAIN_DAYS",
+    "train_min_points": "METRICS_TRAIN_MIN_POINTS",
+    "model_keep": "METRICS_MODEL_KEEP",
 }
 # A health target's fields (the spec's MonitoringTarget): name -> (accepted JSON types, required).
 HEALTH_TARGET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -288,6 +298,16 @@ class Settings:
     key_forbidden_algorithms: tuple[str, ...] = ("RSA-1024", "3DES", "SHA-1")
     key_allowed_principals: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
     key_forbid_disabled_use: bool = True
+    anomaly_detector: str = "ensemble"
+    anomaly_metrics: tuple[str, ...] = ("*",)  # globs of the metrics scored for anomalies
+    anomaly_max_series: int = 2000  # per run, most recently active first
+    anomaly_threshold: float = 0.7  # a score at least this is an anomaly (sensitivity 0.5)
+    anomaly_interval: float = 300.0
+    score_warmup_hours: float = 72.0  # history a series without a model is scored over
+    train_interval: float = 86_400.0
+    train_days: int = 14
+    train_min_points: int = 500
+    model_keep: int = 3
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -393,6 +413,19 @@ class Settings:
                 'a JSON object of key selector -> list of principals ({"alias/app": ["arn:aws:iam::1:role/app"]})',
             ),
             "key_forbid_disabled_use": _bool(env, "METRICS_KEY_FORBID_DISABLED_USE", base["key_forbid_disabled_use"]),
+            "anomaly_detector": env.get("METRICS_ANOMALY_DETECTOR") or base["anomaly_detector"],
+            "anomaly_metrics": _list(env, "METRICS_ANOMALY_METRICS", base["anomaly_metrics"]),
+            "anomaly_max_series": _int(env, "METRICS_ANOMALY_MAX_SERIES", base["anomaly_max_series"], minimum=1),
+            "anomaly_threshold": _float(
+                env, "METRICS_ANOMALY_THRESHOLD", base["anomaly_threshold"], minimum=0.0, maximum=1.0
+            ),
+            **{
+                name: _float(env, ENV_NAMES[name], base[name], minimum=0.0, maximum=366 * 86_400.0)
+                for name in ("anomaly_interval", "train_interval", "score_warmup_hours")
+            },
+            "train_days": _int(env, "METRICS_TRAIN_DAYS", base["train_days"], minimum=1, maximum=3650),
+            "train_min_points": _int(env, "METRICS_TRAIN_MIN_POINTS", base["train_min_points"], minimum=10),
+            "model_keep": _int(env, "METRICS_MODEL_KEEP", base["model_keep"], minimum=1, maximum=1000),
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -461,6 +494,7 @@ class Settings:
         if not isinstance(self.key_forbid_disabled_use, bool):
             raise ConfigError(f"{_label('key_forbid_disabled_use')}={self.key_forbid_disabled_use!r} is not a boolean")
         self._check_key_and_health_settings()
+        self._check_anomaly_settings()
         for name in (
             "allowed_ips",
             "pii_tags",
@@ -469,6 +503,7 @@ class Settings:
             "vault_audit_paths",
             "vault_transit_mounts",
             "key_forbidden_algorithms",
+            "anomaly_metrics",
         ):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
@@ -492,6 +527,25 @@ class Settings:
         _check_choice(self, "log_level", LOG_LEVELS)
         low, high = COMPRESSION_LEVELS.get(self.compression, (1, 22))
         _check_range(self, "compression_level", low, high, f" for {self.compression}")
+
+    def _check_anomaly_settings(self) -> None:
+        """Thresholds and counts of anomaly detection (the detector's name is checked where detectors are known)."""
+        if not isinstance(self.anomaly_detector, str) or not self.anomaly_detector:
+            raise ConfigError(f"{_label('anomaly_detector')}={self.anomaly_detector!r} is not a detector name")
+        _check_range(self, "anomaly_threshold", 0, 1)
+        for name, low, high in (
+            ("anomaly_max_series", 1, 1_000_000),
+            ("train_days", 1, 3650),
+            ("train_min_points", 10, 10_000_000),
+            ("model_keep", 1, 1000),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{_label(name)}={value!r} is not a whole number")
+            _check_range(self, name, low, high)
+        for name in ("anomaly_interval", "train_interval"):
+            _check_range(self, name, 1, 366 * 86_400)
+        _check_range(self, "score_warmup_hours", 1, 24 * 365)
 
     def _check_key_and_health_settings(self) -> None:
         """Health targets and allowed principals: their shape, each entry named in the error."""
@@ -577,6 +631,8 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "max_body_bytes": ("max_body_bytes", int),
         "jwt_public_key": ("jwt_public_key", (str, type(None))),
         "compact_interval": ("compact_interval", (int, float)),
+        "train_interval": ("train_interval", (int, float)),
+        "anomaly_interval": ("anomaly_interval", (int, float)),
         "retention_interval": ("retention_interval", (int, float)),
         "backup_interval": ("backup_interval", (int, float)),
     },
@@ -615,6 +671,16 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "smtp_username": ("smtp_username", (str, type(None))),
         "pii_tags": ("pii_tags", list),
         "health_targets": ("health_targets", list),
+    },
+    "anomaly": {
+        "detector": ("anomaly_detector", str),
+        "metrics": ("anomaly_metrics", list),
+        "max_series": ("anomaly_max_series", int),
+        "threshold": ("anomaly_threshold", (int, float)),
+        "score_warmup_hours": ("score_warmup_hours", (int, float)),
+        "train_days": ("train_days", int),
+        "train_min_points": ("train_min_points", int),
+        "model_keep": ("model_keep", int),
     },
     "key_policy": {
         "max_rotation_days": ("key_max_rotation_days", int),

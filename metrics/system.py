@@ -137,6 +137,39 @@ class MetricsSystem:
         """Apply retention (default ``METRICS_RETENTION_DAYS``)."""
         return await asyncio.to_thread(self.store.cleanup, older_than)
 
+    async def detect_anomalies(
+        self, metric_pattern: str = "*", sensitivity: float = 0.5, window_hours: float = 24.0
+    ) -> pl.DataFrame:
+        """Anomalies of metrics matching a glob in the last ``window_hours`` (new rows are scored first).
+
+        ``sensitivity`` 0 reports only the surest (score ≥ 0.9), 1 everything the detectors doubt (≥ 0.5).
+        """
+        from metrics.analysis import detect_anomalies
+
+        return await asyncio.to_thread(
+            detect_anomalies, self.settings, self.store, metric_pattern, sensitivity, window_hours, refresh=True
+        )
+
+    async def find_correlations(
+        self,
+        primary_metric: str,
+        secondary_patterns: Sequence[str],
+        correlation_threshold: float = 0.7,
+        window_hours: float = 24.0,
+    ) -> list[dict[str, Any]]:
+        """Series correlated with ``primary_metric`` (Pearson and Spearman at the best lag), strongest first."""
+        from metrics.analysis import find_correlations
+
+        found = await asyncio.to_thread(
+            find_correlations,
+            self.store,
+            primary_metric,
+            list(secondary_patterns),
+            correlation_threshold,
+            window_hours=window_hours,
+        )
+        return [item.to_dict() for item in found]
+
     @property
     def health_monitor(self) -> HealthMonitor:
         """The health monitor of this system's data directory (``await health_monitor.add_target(target)``)."""

@@ -8,7 +8,9 @@ previous state intact and readers never block the writer.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -43,3 +45,30 @@ def state_transaction(path: Path, schema: str, what: str, *, immediate: bool = F
             connection.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StorageError(f"{what} {path}: {exc}") from exc
+
+
+LOCK_POLL_SECONDS = 0.1
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (one such job at a time per data directory).
+
+    The kernel releases it when the holder dies, so a killed run never blocks the next one. Waits at most
+    ``timeout`` seconds, then raises :class:`StorageError` naming ``what``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(path, "a+b") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(f"{path}: another {what} has held the lock for over {timeout:g} s") from None
+                time.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -157,9 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def routers() -> list[Any]:
     """Every router of the API, in mounting order (a new resource adds one line)."""
-    from metrics.api.routes import exposition, health, ingest, query, remote_write
+    from metrics.api.routes import analysis, exposition, health, ingest, query, remote_write
 
-    return [health.router, ingest.router, query.router, remote_write.router, exposition.router]
+    return [health.router, ingest.router, query.router, analysis.router, remote_write.router, exposition.router]
 
 
 def store_of(request: Request) -> MetricStore:

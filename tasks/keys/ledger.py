@@ -22,26 +22,22 @@ run writes, skipping any sample the lake already holds.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import sqlite3
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import astuple, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
-from metrics.errors import StorageError
-from storage.statedb import state_transaction
+from storage.statedb import exclusive_lock, state_transaction
 from tasks.collect.key_events import FilePosition
 
 STATE_FILE = "key_inventory.sqlite"
 LOCK_FILE = "key_inventory.lock"
-LOCK_POLL_SECONDS = 0.1
 US_PER_DAY = 86_400 * 1_000_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -92,31 +88,13 @@ class KeyLedger:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / STATE_FILE
 
-    @contextmanager
-    def exclusive(self, timeout: float = 600.0) -> Iterator[None]:
+    def exclusive(self, timeout: float = 600.0) -> AbstractContextManager[None]:
         """Hold the collectors' lock: one collection (read, commit, deliver) at a time per data directory.
 
         The kernel releases it when the holder dies, so a killed run never blocks the next one,
         which then delivers what the killed run left in the outbox.
         """
-        lock = self.path.with_name(LOCK_FILE)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout
-        with open(lock, "a+b") as handle:
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StorageError(
-                            f"{lock}: another key-event collection has held the lock for over {timeout:g} s"
-                        ) from None
-                    time.sleep(LOCK_POLL_SECONDS)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(self.path.with_name(LOCK_FILE), "key-event collection", timeout)
 
     def transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """A connection inside one transaction (committed on success, rolled back on any error).

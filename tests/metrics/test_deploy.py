@@ -313,8 +313,14 @@ def test_select_jobs_by_group() -> None:
         "scrape-targets",
         "collect-key-audit-logs",
         "health-checks",
+        "score-anomalies",
     ]
-    assert [job.name for job in select_jobs(("maintenance",))] == ["compact-lake", "retention-cleanup", "backup-lake"]
+    assert [job.name for job in select_jobs(("maintenance",))] == [
+        "train-models",
+        "compact-lake",
+        "retention-cleanup",
+        "backup-lake",
+    ]
     assert select_jobs(()) == []
     assert {job.group for job in JOBS} == set(GROUPS)
 
@@ -343,6 +349,8 @@ INTERVALS = {
     "scrape_interval": 15.0,
     "security_interval": 120.0,
     "health_interval": 10.0,
+    "anomaly_interval": 60.0,
+    "train_interval": 3600.0,
 }
 
 
@@ -361,6 +369,8 @@ def test_each_job(job: Job) -> None:
         scrape_interval=INTERVALS["scrape_interval"],
         security_interval=INTERVALS["security_interval"],
         health_interval=INTERVALS["health_interval"],
+        anomaly_interval=INTERVALS["anomaly_interval"],
+        train_interval=INTERVALS["train_interval"],
     )
     assert job.interval(settings) == timedelta(seconds=INTERVALS[job.interval_setting])
     assert job.interval(Settings()) == timedelta(seconds=getattr(Settings(), job.interval_setting))

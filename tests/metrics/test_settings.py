@@ -390,3 +390,20 @@ def test_key_policy_and_collector_sections_of_main_json(tmp_path: Path) -> None:
     config.write_text(json.dumps({"key_policy": {"max_days": 3}}))
     with pytest.raises(ConfigError, match=r"unknown key 'key_policy\.max_days'"):
         Settings.from_env({"METRICS_CONFIG": str(config)})
+
+
+def test_anomaly_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "METRICS_ANOMALY_METRICS": "system.*, crypto.key.*",
+            "METRICS_ANOMALY_THRESHOLD": "0.8",
+            "METRICS_TRAIN_DAYS": "7",
+            "METRICS_ANOMALY_DETECTOR": "seasonal",
+        }
+    )
+    assert settings.anomaly_metrics == ("system.*", "crypto.key.*")
+    assert (settings.anomaly_threshold, settings.train_days, settings.anomaly_detector) == (0.8, 7, "seasonal")
+    with pytest.raises(ConfigError, match="METRICS_ANOMALY_THRESHOLD"):
+        Settings.from_env({"METRICS_ANOMALY_THRESHOLD": "2"})
+    with pytest.raises(ConfigError, match="METRICS_MODEL_KEEP"):
+        Settings.from_env({"METRICS_MODEL_KEEP": "0"})

@@ -1,0 +1,31 @@
+"""Flow ``train-models``: fit an anomaly model for every series with enough history and store it in the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from metrics.settings import get_settings
+from tasks.anomalies import train_models_task
+from tasks.artifacts import publish_table
+
+ARTIFACT = "train-models"
+
+
+@flow(name="train-models", log_prints=True)
+def train_models() -> dict[str, Any]:
+    """Train the configured detector (``anomaly.detector``) per series on its last ``anomaly.train_days`` days."""
+    summary = train_models_task(get_settings())
+    figures = {
+        "models trained": len(summary.trained),
+        "series skipped": summary.skipped,
+        "versions pruned": summary.pruned,
+    }
+    publish_table(ARTIFACT, summary.trained, "Anomaly models", figures)
+    return {
+        "trained": len(summary.trained),
+        "skipped": summary.skipped,
+        "pruned": summary.pruned,
+        "seconds": round(summary.seconds, 2),
+    }

@@ -1,0 +1,379 @@
+"""Training and scoring anomaly models over the lake's series; the ``anomalies`` table.
+
+**Which series.** Gauges and counters whose metric matches
+``anomaly_metrics`` (globs, default every metric); a counter is scored as its
+per-second rate (a reset counts from zero), histograms and summaries are not
+scored. At most ``anomaly_max_series`` series per run, most recently active
+first.
+
+**Training** (``train-models``, daily): a series with at least
+``train_min_points`` rows in the last ``train_days`` days gets a detector
+(``anomaly_detector``, default the ensemble) fitted on them and stored in the
+model registry (``data/models/…``), old versions pruned to ``model_keep``.
+
+**Scoring** (``score-anomalies``, every 5 minutes): for each series, the rows
+after the last one scored. A series with a model replays the rows since its
+training into it (the model is streaming: it keeps learning), so a row's
+score depends only on earlier rows; a series without one is scored by a fresh
+detector over the ``score_warmup_hours`` before (at most its last 2,000 rows). Rows scoring at least 0.5
+(the quiet-period level) are written to the ``anomalies`` table with the
+detector, the model version, the score and ``is_anomaly`` (score at least
+``anomaly_threshold``). One scoring run at a time per data directory (a lock);
+a row written twice after a crash has the same score, and readers keep one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from metrics.errors import ConfigError, ValidationError
+from metrics.settings import Settings
+from models.calibration import QuietPeriod
+from models.detectors import DETECTORS, make_detector
+from models.registry import ModelError, ModelRegistry
+from storage.statedb import exclusive_lock
+from storage.store import MetricStore
+from tasks.collect.checkpoints import Checkpoints
+
+TABLE = "anomalies"
+CANDIDATE_LEVEL = QuietPeriod.level  # rows scoring this much are written
+CHECKPOINT = "anomaly-scoring"
+WARMUP_ROWS = 2000  # at most this many rows of warm-up for a series without a model
+US = 1_000_000
+ANOMALY_SCHEMA = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("series_id", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("tags", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("is_anomaly", pa.bool_(), nullable=False),
+        pa.field("detector", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+POLARS_SCHEMA: dict[str, pl.DataType] = {
+    "metric": pl.String(),
+    "series_id": pl.Int64(),
+    "ts": pl.Datetime("us", "UTC"),
+    "tags": pl.String(),
+    "value": pl.Float64(),
+    "score": pl.Float64(),
+    "is_anomaly": pl.Boolean(),
+    "detector": pl.String(),
+    "model_version": pl.String(),
+    "scored_at": pl.Datetime("us", "UTC"),
+}
+
+
+def sensitivity_threshold(sensitivity: float) -> float:
+    """The score threshold of a sensitivity in [0, 1]: 0 → 0.9 (only the surest), 0.5 → 0.7, 1 → 0.5."""
+    if isinstance(sensitivity, bool) or not isinstance(sensitivity, int | float) or not 0 <= sensitivity <= 1:
+        raise ValidationError(f"sensitivity: {sensitivity!r} must be a number from 0 to 1")
+    return 0.9 - 0.4 * float(sensitivity)
+
+
+@dataclass
+class SeriesData:
+    """One series' rows as detectors see them (a counter as its rate)."""
+
+    series_id: int
+    metric: str
+    tags: str
+    kind: str
+    ts: np.ndarray  # µs
+    values: np.ndarray
+
+
+def as_rate(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A cumulative counter as a per-second rate between consecutive rows (a drop is a reset from zero)."""
+    if len(values) < 2:
+        return ts[:0], values[:0]
+    steps = np.diff(values)
+    increase = np.where(steps >= 0, steps, values[1:])
+    seconds = np.maximum(np.diff(ts) / US, 1e-6)
+    return ts[1:], increase / seconds
+
+
+def series_data(frame: pl.DataFrame) -> list[SeriesData]:
+    """Raw samples (``query_metrics`` columns) as one :class:`SeriesData` per gauge or counter series."""
+    found: list[SeriesData] = []
+    if frame.is_empty():
+        return found
+    for (series_id,), part in frame.sort("series_id", "ts").group_by(["series_id"], maintain_order=True):
+        kind = str(part["type"][0])
+        if kind not in ("gauge", "counter"):
+            continue
+        ts = part["ts"].dt.cast_time_unit("us").to_physical().to_numpy().astype(np.int64)
+        values = part["value"].to_numpy().astype(float)
+        if kind == "counter":
+            ts, values = as_rate(ts, values)
+        found.append(SeriesData(int(series_id), str(part["metric"][0]), str(part["tags"][0]), kind, ts, values))
+    return found
+
+
+def matches(metric: str, patterns: Sequence[str]) -> bool:
+    """Whether a metric name matches any of the globs."""
+    return any(fnmatchcase(metric, pattern) for pattern in patterns)
+
+
+def load_series(
+    store: MetricStore, patterns: Sequence[str], start: datetime, end: datetime, limit: int
+) -> list[SeriesData]:
+    """The gauge and counter series matching ``patterns`` with rows in [start, end), most recently active first."""
+    frames = [store.query_metrics(pattern, start, end) for pattern in dict.fromkeys(patterns)]
+    frame = (
+        pl.concat([f for f in frames if f.height], how="vertical_relaxed") if any(f.height for f in frames) else None
+    )
+    if frame is None:
+        return []
+    found = {item.series_id: item for item in series_data(frame.unique(["series_id", "ts"], keep="first"))}
+    ranked = sorted(found.values(), key=lambda s: (-int(s.ts[-1]) if len(s.ts) else 0, s.series_id))
+    return [item for item in ranked if len(item.ts)][:limit]
+
+
+@dataclass
+class TrainSummary:
+    """One training run: models written, series skipped for too little history, seconds."""
+
+    trained: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    pruned: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ScoreSummary:
+    """One scoring run: series and rows scored, candidates written, anomalies flagged, the top ones."""
+
+    series: int = 0
+    rows: int = 0
+    written: int = 0
+    anomalies: int = 0
+    with_model: int = 0
+    model_errors: list[str] = field(default_factory=list)
+    top: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class AnomalyScorer:
+    """Trains and scores the configured detector over the lake's series (one data directory)."""
+
+    def __init__(self, settings: Settings, store: MetricStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = ModelRegistry(settings.data_dir / "models")
+        self.detector = settings.anomaly_detector
+        if self.detector not in DETECTORS:
+            raise ConfigError(
+                f"METRICS_ANOMALY_DETECTOR (anomaly_detector)={self.detector!r} is not allowed; "
+                f"allowed: {', '.join(DETECTORS)}"
+            )
+        self.checkpoints = Checkpoints(settings.state_dir)
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """One scoring (or training) run at a time per data directory."""
+        return exclusive_lock(self.settings.state_dir / "anomaly_scoring.lock", "anomaly scoring run", 3600.0)
+
+    def train(self, patterns: Sequence[str] | None = None, *, now: datetime | None = None) -> TrainSummary:
+        """Fit and store a model for every series with enough recent history."""
+        started = time.perf_counter()
+        end = now or datetime.now(UTC)
+        begin = end - timedelta(days=self.settings.train_days)
+        summary = TrainSummary()
+        chosen = patterns or self.settings.anomaly_metrics
+        with self.exclusive():
+            for item in load_series(self.store, chosen, begin, end, self.settings.anomaly_max_series):
+                if len(item.ts) < self.settings.train_min_points:
+                    summary.skipped += 1
+                    continue
+                clock = time.perf_counter()
+                model = make_detector(self.detector)
+                scores = model.calibrated((item.ts, item.values))  # learns the history, as fit() does
+                figures = {
+                    "rows": len(item.ts),
+                    "candidate_rate": round(float((scores >= CANDIDATE_LEVEL).mean()), 5),
+                    "seconds": round(time.perf_counter() - clock, 3),
+                }
+                info = self.registry.save(
+                    model,
+                    item.series_id,
+                    data_start=_moment(item.ts[0]),
+                    data_end=_moment(item.ts[-1]),
+                    rows=len(item.ts),
+                    figures=figures,
+                    now=end,
+                )
+                summary.pruned += len(self.registry.prune(self.detector, item.series_id, self.settings.model_keep))
+                summary.trained.append({"metric": item.metric, "tags": item.tags, "version": info.version, **figures})
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def score(self, patterns: Sequence[str] | None = None, *, now: datetime | None = None) -> ScoreSummary:
+        """Score every series' rows after the last scored one; write the candidates to the ``anomalies`` table."""
+        started = time.perf_counter()
+        end = now or datetime.now(UTC)
+        summary = ScoreSummary()
+        chosen = patterns or self.settings.anomaly_metrics
+        threshold = self.settings.anomaly_threshold
+        with self.exclusive():
+            state = self.checkpoints.load(CHECKPOINT) or {}
+            begin = end - timedelta(hours=self.settings.score_warmup_hours)
+            models = set(self.registry.series(self.detector))
+            rows: list[tuple[Any, ...]] = []
+            for item in load_series(
+                self.store, chosen, begin - timedelta(days=1), end, self.settings.anomaly_max_series
+            ):
+                last = state.get(str(item.series_id))
+                scores, version, fed = self._scores(item, models, begin, summary)
+                fresh = fed if last is None else fed & (item.ts > int(last))
+                if not fresh.any():
+                    continue
+                summary.series += 1
+                summary.rows += int(fresh.sum())
+                state[str(item.series_id)] = int(item.ts[fresh][-1])
+                keep = fresh & (scores >= CANDIDATE_LEVEL)
+                for stamp, value, score in zip(item.ts[keep], item.values[keep], scores[keep], strict=True):
+                    rows.append(
+                        (
+                            item.metric,
+                            item.series_id,
+                            int(stamp),
+                            item.tags,
+                            float(value),
+                            float(score),
+                            bool(score >= threshold),
+                            self.detector,
+                            version,
+                        )
+                    )
+            written = self._write(rows, end)
+            self.checkpoints.save(CHECKPOINT, state)
+        summary.written = written
+        summary.anomalies = sum(1 for row in rows if row[6])
+        top = sorted(rows, key=lambda row: -row[5])[:10]
+        summary.top = [
+            {
+                "ts": _moment(row[2]).isoformat(),
+                "metric": row[0],
+                "tags": row[3],
+                "value": row[4],
+                "score": round(row[5], 4),
+                "model_version": row[8],
+            }
+            for row in top
+        ]
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _scores(
+        self, item: SeriesData, models: set[int], begin: datetime, summary: ScoreSummary
+    ) -> tuple[np.ndarray, str, np.ndarray]:
+        """(scores of the rows fed, the model version or '', which rows were fed) for one series."""
+        if item.series_id in models:
+            try:
+                model, info = self.registry.load(self.detector, item.series_id)
+            except ModelError as exc:
+                summary.model_errors.append(str(exc))
+            else:
+                trained_until = datetime.fromisoformat(info.data_end).timestamp() * US if info.data_end else 0
+                fed = item.ts > trained_until
+                scores = np.zeros(len(item.ts))
+                if fed.any():
+                    scores[fed] = model.score((item.ts[fed], item.values[fed]))
+                summary.with_model += 1
+                return scores, info.version, fed
+        fed = item.ts >= int(begin.timestamp() * US)
+        fed[: max(0, len(fed) - WARMUP_ROWS)] = False  # fine-grained series: the last rows of the warm-up only
+        scores = np.zeros(len(item.ts))
+        if fed.any():
+            scores[fed] = make_detector(self.detector).score((item.ts[fed], item.values[fed]))
+        return scores, "", fed
+
+    def _write(self, rows: list[tuple[Any, ...]], scored_at: datetime) -> int:
+        """Append candidate rows to the ``anomalies`` table, one file per day."""
+        if not rows:
+            return 0
+        columns = list(zip(*rows, strict=True))
+        frame = pl.DataFrame(
+            {
+                "metric": pl.Series(columns[0], dtype=pl.String),
+                "series_id": pl.Series(columns[1], dtype=pl.Int64),
+                "ts": pl.Series(columns[2], dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+                "tags": pl.Series(columns[3], dtype=pl.String),
+                "value": pl.Series(columns[4], dtype=pl.Float64),
+                "score": pl.Series(columns[5], dtype=pl.Float64),
+                "is_anomaly": pl.Series(columns[6], dtype=pl.Boolean),
+                "detector": pl.Series(columns[7], dtype=pl.String),
+                "model_version": pl.Series(columns[8], dtype=pl.String),
+            }
+        ).with_columns(pl.lit(scored_at).cast(pl.Datetime("us", "UTC")).alias("scored_at"))
+        frame = frame.sort("metric", "series_id", "ts")
+        for (day,), part in frame.group_by(frame["ts"].dt.date(), maintain_order=True):
+            self.store.lake.write(TABLE, day, part.to_arrow().cast(ANOMALY_SCHEMA))
+        self.store.engine.refresh_views()
+        return frame.height
+
+
+def _moment(micros: int) -> datetime:
+    return datetime.fromtimestamp(int(micros) / US, UTC)
+
+
+def read_anomalies(store: MetricStore, pattern: str, start: datetime, end: datetime, threshold: float) -> pl.DataFrame:
+    """Stored anomalies of metrics matching a glob in [start, end) scoring at least ``threshold``, newest first."""
+    if not store.lake.files(TABLE):
+        return pl.DataFrame(schema=POLARS_SCHEMA)
+    where = "metric GLOB ?" if any(c in pattern for c in "*?[") else "metric = ?"
+    frame = store.sql(
+        "SELECT metric, series_id, ts, any_value(tags) AS tags, any_value(value) AS value, max(score) AS score, "
+        "bool_or(is_anomaly) AS is_anomaly, arg_max(detector, scored_at) AS detector, "
+        "arg_max(model_version, scored_at) AS model_version, max(scored_at) AS scored_at "
+        f"FROM anomalies WHERE {where} AND ts >= ? AND ts < ? AND score >= ? "
+        "GROUP BY metric, series_id, ts ORDER BY score DESC, ts DESC",
+        [pattern, start, end, threshold],
+    )
+    return frame
+
+
+@task(
+    name="train-anomaly-models",
+    retries=1,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    cache_policy=NO_CACHE,
+)
+def train_models_task(settings: Settings) -> TrainSummary:
+    """Prefect task: train and store a model per series with enough history."""
+    store = MetricStore(settings).open(background_flush=False)
+    try:
+        return AnomalyScorer(settings, store).train()
+    finally:
+        store.close()
+
+
+@task(
+    name="score-anomalies", retries=1, retry_delay_seconds=exponential_backoff(backoff_factor=5), cache_policy=NO_CACHE
+)
+def score_anomalies_task(settings: Settings) -> ScoreSummary:
+    """Prefect task: score every series' new rows and write the candidates."""
+    store = MetricStore(settings).open(background_flush=False)
+    try:
+        return AnomalyScorer(settings, store).score()
+    finally:
+        store.close()
