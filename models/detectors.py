@@ -6,8 +6,9 @@ from typing import Any
 
 from models.base import Detector
 from models.ensemble import MEMBERS, Ensemble
+from models.profile import HourOfWeekProfile
 
-DETECTORS: dict[str, type[Detector]] = {**MEMBERS, Ensemble.name: Ensemble}
+DETECTORS: dict[str, type[Detector]] = {**MEMBERS, Ensemble.name: Ensemble, HourOfWeekProfile.name: HourOfWeekProfile}
 DEFAULT_DETECTOR = Ensemble.name  # the best on NAB (see the README's figures)
 
 

@@ -18,7 +18,10 @@ score depends only on earlier rows; a series without one is scored by a fresh
 detector over the ``score_warmup_hours`` before (at most its last 2,000 rows). Rows scoring at least 0.5
 (the quiet-period level) are written to the ``anomalies`` table with the
 detector, the model version, the score and ``is_anomaly`` (score at least
-``anomaly_threshold``). One scoring run at a time per data directory (a lock);
+``anomaly_threshold``). **Key usage** (``crypto.key.access_count``) is also
+scored by the hour-of-week profile (:mod:`models.profile`, detector
+``profile``) over the last four weeks: a key used far more than at the same
+hour of past weeks. One scoring run at a time per data directory (a lock);
 a row written twice after a crash has the same score, and readers keep one.
 """
 
@@ -52,6 +55,9 @@ TABLE = "anomalies"
 CANDIDATE_LEVEL = QuietPeriod.level  # rows scoring this much are written
 CHECKPOINT = "anomaly-scoring"
 WARMUP_ROWS = 2000  # at most this many rows of warm-up for a series without a model
+KEY_USAGE_METRICS = ("crypto.key.access_count",)  # also scored against their hour-of-week profile
+PROFILE = "profile"
+PROFILE_WEEKS = 4
 US = 1_000_000
 ANOMALY_SCHEMA = pa.schema(
     [
@@ -100,16 +106,21 @@ class SeriesData:
     kind: str
     ts: np.ndarray  # µs
     values: np.ndarray
+    counts: np.ndarray | None = None  # a counter's increase per row (values are its rate)
+
+
+def increases(values: np.ndarray) -> np.ndarray:
+    """A cumulative counter's increase from each row to the next (a drop is a reset from zero)."""
+    steps = np.diff(values)
+    return np.where(steps >= 0, steps, values[1:])
 
 
 def as_rate(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A cumulative counter as a per-second rate between consecutive rows (a drop is a reset from zero)."""
     if len(values) < 2:
         return ts[:0], values[:0]
-    steps = np.diff(values)
-    increase = np.where(steps >= 0, steps, values[1:])
     seconds = np.maximum(np.diff(ts) / US, 1e-6)
-    return ts[1:], increase / seconds
+    return ts[1:], increases(values) / seconds
 
 
 def series_data(frame: pl.DataFrame) -> list[SeriesData]:
@@ -123,9 +134,11 @@ def series_data(frame: pl.DataFrame) -> list[SeriesData]:
             continue
         ts = part["ts"].dt.cast_time_unit("us").to_physical().to_numpy().astype(np.int64)
         values = part["value"].to_numpy().astype(float)
+        counts = None
         if kind == "counter":
+            counts = increases(values) if len(values) > 1 else values[:0]
             ts, values = as_rate(ts, values)
-        found.append(SeriesData(int(series_id), str(part["metric"][0]), str(part["tags"][0]), kind, ts, values))
+        found.append(SeriesData(int(series_id), str(part["metric"][0]), str(part["tags"][0]), kind, ts, values, counts))
     return found
 
 
@@ -187,6 +200,8 @@ class AnomalyScorer:
                 f"allowed: {', '.join(DETECTORS)}"
             )
         self.checkpoints = Checkpoints(settings.state_dir)
+        self._scored: set[int] = set()
+        self._rows_scored = 0
 
     def exclusive(self) -> AbstractContextManager[None]:
         """One scoring (or training) run at a time per data directory."""
@@ -227,43 +242,32 @@ class AnomalyScorer:
         return summary
 
     def score(self, patterns: Sequence[str] | None = None, *, now: datetime | None = None) -> ScoreSummary:
-        """Score every series' rows after the last scored one; write the candidates to the ``anomalies`` table."""
+        """Score every series' rows after the last scored one; write the candidates to the ``anomalies`` table.
+
+        Key usage (``crypto.key.access_count``) is also scored by the hour-of-week profile.
+        """
         started = time.perf_counter()
         end = now or datetime.now(UTC)
         summary = ScoreSummary()
         chosen = patterns or self.settings.anomaly_metrics
-        threshold = self.settings.anomaly_threshold
+        rows: list[tuple[Any, ...]] = []
+        self._scored, self._rows_scored = set(), 0
         with self.exclusive():
             state = self.checkpoints.load(CHECKPOINT) or {}
             begin = end - timedelta(hours=self.settings.score_warmup_hours)
             models = set(self.registry.series(self.detector))
-            rows: list[tuple[Any, ...]] = []
-            for item in load_series(
-                self.store, chosen, begin - timedelta(days=1), end, self.settings.anomaly_max_series
-            ):
-                last = state.get(str(item.series_id))
+            limit = self.settings.anomaly_max_series
+            for item in load_series(self.store, chosen, begin - timedelta(days=1), end, limit):
                 scores, version, fed = self._scores(item, models, begin, summary)
-                fresh = fed if last is None else fed & (item.ts > int(last))
-                if not fresh.any():
-                    continue
-                summary.series += 1
-                summary.rows += int(fresh.sum())
-                state[str(item.series_id)] = int(item.ts[fresh][-1])
-                keep = fresh & (scores >= CANDIDATE_LEVEL)
-                for stamp, value, score in zip(item.ts[keep], item.values[keep], scores[keep], strict=True):
-                    rows.append(
-                        (
-                            item.metric,
-                            item.series_id,
-                            int(stamp),
-                            item.tags,
-                            float(value),
-                            float(score),
-                            bool(score >= threshold),
-                            self.detector,
-                            version,
-                        )
-                    )
+                self._keep(item, item.values, scores, fed, self.detector, version, str(item.series_id), state, rows)
+            usage = [p for p in KEY_USAGE_METRICS if any(fnmatchcase(p, c) for c in chosen)]
+            for item in load_series(self.store, usage, end - timedelta(weeks=PROFILE_WEEKS), end, limit):
+                counts = item.counts if item.counts is not None else item.values
+                scores = make_detector(PROFILE).score((item.ts, counts))
+                fed = np.ones(len(item.ts), dtype=bool)
+                self._keep(item, counts, scores, fed, PROFILE, "", f"{PROFILE}:{item.series_id}", state, rows)
+            summary.series = len(self._scored)
+            summary.rows = self._rows_scored
             written = self._write(rows, end)
             self.checkpoints.save(CHECKPOINT, state)
         summary.written = written
@@ -276,12 +280,50 @@ class AnomalyScorer:
                 "tags": row[3],
                 "value": row[4],
                 "score": round(row[5], 4),
+                "detector": row[7],
                 "model_version": row[8],
             }
             for row in top
         ]
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _keep(
+        self,
+        item: SeriesData,
+        values: np.ndarray,
+        scores: np.ndarray,
+        fed: np.ndarray,
+        detector: str,
+        version: str,
+        key: str,
+        state: dict[str, Any],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """The candidate rows among those not scored before (by this detector), and the new checkpoint."""
+        last = state.get(key)
+        fresh = fed if last is None else fed & (item.ts > int(last))
+        if not fresh.any():
+            return
+        self._scored.add(item.series_id)
+        self._rows_scored += int(fresh.sum())
+        state[key] = int(item.ts[fresh][-1])
+        keep = fresh & (scores >= CANDIDATE_LEVEL)
+        threshold = self.settings.anomaly_threshold
+        for stamp, value, score in zip(item.ts[keep], values[keep], scores[keep], strict=True):
+            rows.append(
+                (
+                    item.metric,
+                    item.series_id,
+                    int(stamp),
+                    item.tags,
+                    float(value),
+                    float(score),
+                    bool(score >= threshold),
+                    detector,
+                    version,
+                )
+            )
 
     def _scores(
         self, item: SeriesData, models: set[int], begin: datetime, summary: ScoreSummary
@@ -308,28 +350,37 @@ class AnomalyScorer:
         return scores, "", fed
 
     def _write(self, rows: list[tuple[Any, ...]], scored_at: datetime) -> int:
-        """Append candidate rows to the ``anomalies`` table, one file per day."""
-        if not rows:
-            return 0
-        columns = list(zip(*rows, strict=True))
-        frame = pl.DataFrame(
-            {
-                "metric": pl.Series(columns[0], dtype=pl.String),
-                "series_id": pl.Series(columns[1], dtype=pl.Int64),
-                "ts": pl.Series(columns[2], dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
-                "tags": pl.Series(columns[3], dtype=pl.String),
-                "value": pl.Series(columns[4], dtype=pl.Float64),
-                "score": pl.Series(columns[5], dtype=pl.Float64),
-                "is_anomaly": pl.Series(columns[6], dtype=pl.Boolean),
-                "detector": pl.Series(columns[7], dtype=pl.String),
-                "model_version": pl.Series(columns[8], dtype=pl.String),
-            }
-        ).with_columns(pl.lit(scored_at).cast(pl.Datetime("us", "UTC")).alias("scored_at"))
-        frame = frame.sort("metric", "series_id", "ts")
-        for (day,), part in frame.group_by(frame["ts"].dt.date(), maintain_order=True):
-            self.store.lake.write(TABLE, day, part.to_arrow().cast(ANOMALY_SCHEMA))
-        self.store.engine.refresh_views()
-        return frame.height
+        """Append candidate rows to the ``anomalies`` table."""
+        return write_anomalies(self.store, anomaly_frame(rows, scored_at))
+
+
+ROW_COLUMNS = ("metric", "series_id", "ts", "tags", "value", "score", "is_anomaly", "detector", "model_version")
+
+
+def anomaly_frame(rows: Sequence[tuple[Any, ...]], scored_at: datetime) -> pl.DataFrame:
+    """Rows of (metric, series_id, ts µs, tags, value, score, is_anomaly, detector, model_version) as a frame."""
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [() for _ in ROW_COLUMNS]
+    frame = pl.DataFrame(
+        {
+            name: pl.Series(values, dtype=pl.Int64 if name == "ts" else POLARS_SCHEMA[name])
+            for name, values in zip(ROW_COLUMNS, columns, strict=True)
+        }
+    )
+    return frame.with_columns(
+        pl.col("ts").cast(pl.Datetime("us", "UTC")),
+        pl.lit(scored_at).cast(pl.Datetime("us", "UTC")).alias("scored_at"),
+    )
+
+
+def write_anomalies(store: MetricStore, frame: pl.DataFrame) -> int:
+    """Append anomaly rows (the ``anomalies`` table's columns) to the lake, one file per day; return how many."""
+    if frame.is_empty():
+        return 0
+    frame = frame.select(list(POLARS_SCHEMA)).sort("metric", "series_id", "ts")
+    for (day,), part in frame.group_by(frame["ts"].dt.date(), maintain_order=True):
+        store.lake.write(TABLE, day, part.to_arrow().cast(ANOMALY_SCHEMA))
+    store.engine.refresh_views()
+    return frame.height
 
 
 def _moment(micros: int) -> datetime:

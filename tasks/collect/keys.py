@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ from metrics.model import canonical_tags, series_id
 from metrics.pii import Pseudonymiser
 from metrics.settings import Settings
 from storage.store import MetricStore
+from tasks.anomalies import anomaly_frame, write_anomalies
 from tasks.collect.cloudtrail import CloudTrailSource
-from tasks.collect.key_events import FileRead, KeyEvent, KeyEventSource, LogProblem, file_identity
+from tasks.collect.key_events import USE_KINDS, FileRead, KeyEvent, KeyEventSource, LogProblem, file_identity
 from tasks.collect.vault import VaultAuditSource
 from tasks.keys import counters, inventory, policy
 from tasks.keys.ledger import US_PER_DAY, KeyLedger, event_hash
@@ -48,6 +50,10 @@ from tasks.keys.ledger import US_PER_DAY, KeyLedger, event_hash
 SOURCES = ("cloudtrail", "vault")
 CHUNK_EVENTS = 200_000  # events per transaction and lake write (bounds memory on a large backlog)
 MAX_PROBLEMS = 100  # problems listed in a summary (all are counted)
+NOVELTY_DETECTOR = "key_novelty"
+NOVELTY_GRACE_DAYS = 7  # a key this young meets its callers for the first time: nothing is novel yet
+DORMANT_DAYS = 60  # a use after this long without one is unusual
+NOVELTY_SCORES = {"principal": 1.0, "region": 1.0, "source_ip": 0.8}  # addresses change more often
 
 
 def key_source(settings: Settings, name: str, paths: Sequence[Path | str] | None = None) -> KeyEventSource:
@@ -84,6 +90,7 @@ class KeyCollectionSummary:
     keys_total: int = 0  # keys in the inventory
     new_access: int = 0  # principals, addresses and regions seen for the first time on a key
     violations: int = 0  # policy violations counted
+    access_anomalies: int = 0  # new principals, addresses or regions of established keys; uses after dormancy
     samples: int = 0  # samples written to the lake
     rejected: int = 0  # samples the lake refused (reasons in rejection_list)
     rejection_list: list[str] = field(default_factory=list)
@@ -149,6 +156,8 @@ class _Run:
             refs = {event.key_ref for event in fresh if event.key_ref is not None}
             self.keys_seen |= refs
             records = inventory.load(connection, None if final else refs)
+            last_use = {ref: record.last_used_at for ref, record in records.items()}
+            first_seen = {ref: record.first_seen for ref, record in records.items()}
             before = inventory.apply_events(records, fresh)
             # Events older than the retention period teach the inventory but count nowhere else: the lake
             # could not store their samples, and their ids are forgotten after a retention period.
@@ -169,15 +178,20 @@ class _Run:
             frame = self._counter_samples(connection, counted_events, counted_before, records, counted, final=final)
             if final:
                 frame = pl.concat([frame, counters.gauge_frame(estate, self.now_us)])
-            self.summary.new_access += inventory.record_access(connection, self._access_rows(fresh))
+            new_access = inventory.record_access(connection, self._access_rows(fresh))
+            self.summary.new_access += len(new_access)
+            unusual = access_anomalies(
+                records, first_seen, last_use, new_access, counted_events, self.oldest_us, self.now_us
+            )
+            self.summary.access_anomalies += unusual.height
             inventory.save(connection, [records[ref] for ref in refs])  # the estate check changes no record
             self.ledger.save_positions(connection, source, [read.position for read in reads if read.position.head])
             if final:
                 self.ledger.prune_seen(connection, day - self.settings.retention_days)
                 self.summary.keys_total = len(records)
-            outbox = self.ledger.put_outbox(connection, frame) if frame.height else None
+            outbox = self.ledger.put_outbox(connection, frame, unusual) if frame.height or unusual.height else None
         if outbox is not None:
-            self.deliver(outbox, frame)
+            self.deliver(outbox, frame, unusual)
 
     def _counter_samples(
         self,
@@ -243,8 +257,15 @@ class _Run:
             for ref, dimension, value, first, last, count in seen.iter_rows()
         ]
 
-    def deliver(self, outbox: int, frame: pl.DataFrame, *, skip_existing: bool = False) -> None:
-        """Write an outbox batch to the lake (optionally only what it lacks), then forget the batch."""
+    def deliver(
+        self, outbox: int, frame: pl.DataFrame, unusual: pl.DataFrame | None = None, *, skip_existing: bool = False
+    ) -> None:
+        """Write an outbox batch to the lake (optionally only what it lacks), then forget the batch.
+
+        Key-access anomalies go to the ``anomalies`` table; written twice after a crash, readers keep one.
+        """
+        if unusual is not None and unusual.height:
+            write_anomalies(self.store, unusual)
         if skip_existing:
             frame = self._missing(frame)
             self.summary.recovered += frame.height
@@ -275,6 +296,66 @@ class _Run:
             return frame.drop("series_id")
         existing = existing.with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
         return frame.join(existing, on=["series_id", "ts"], how="anti").drop("series_id")
+
+
+def access_anomalies(
+    records: dict[str, inventory.KeyRecord],
+    first_seen: dict[str, int],
+    last_use: dict[str, int | None],
+    new_access: Sequence[tuple[str, str, str, int, int, int]],
+    events: Sequence[KeyEvent],
+    oldest_us: int,
+    now_us: int,
+) -> pl.DataFrame:
+    """Key-access novelty as ``anomalies`` rows (detector ``key_novelty``).
+
+    - a principal, region or source address never seen for a key that has been in use for at least
+      :data:`NOVELTY_GRACE_DAYS` (a new key meets its callers for the first time);
+    - a key used again after :data:`DORMANT_DAYS` or more without use.
+
+    Args:
+        records: the inventory after the chunk.
+        first_seen, last_use: each key's first sighting and last use before the chunk.
+        new_access: (key, dimension, stored value, first, last, count) never seen before.
+        events: the chunk's counted events, in time order.
+        oldest_us, now_us: the retention period's start, and now.
+    """
+    rows: list[tuple[Any, ...]] = []
+    grace = NOVELTY_GRACE_DAYS * US_PER_DAY
+    for ref, dimension, value, first, _last, _count in new_access:
+        record = records.get(ref)
+        known_since = first_seen.get(ref)
+        if record is None or known_since is None or first - known_since < grace or first < oldest_us:
+            continue
+        tags = {**record.tags(), "novel": dimension, dimension: value}
+        rows.append(_novelty_row(record, first, NOVELTY_SCORES[dimension], tags))
+    dormant = DORMANT_DAYS * US_PER_DAY
+    latest = dict(last_use)
+    for event in events:
+        if event.key_ref is None or not event.succeeded or event.kind not in USE_KINDS:
+            continue
+        previous = latest.get(event.key_ref)
+        record = records.get(event.key_ref)
+        if previous and record is not None and event.time_us - previous >= dormant:
+            idle = (event.time_us - previous) // US_PER_DAY
+            rows.append(_novelty_row(record, event.time_us, 1.0, {**record.tags(), "novel": f"use after {idle} days"}))
+        latest[event.key_ref] = max(previous or 0, event.time_us)
+    return anomaly_frame(rows, datetime.fromtimestamp(now_us / 1e6, UTC))
+
+
+def _novelty_row(record: inventory.KeyRecord, time_us: int, score: float, tags: dict[str, str]) -> tuple[Any, ...]:
+    key_tags = canonical_tags(record.tags())
+    return (
+        f"{counters.PREFIX}access_count",
+        series_id(f"{counters.PREFIX}access_count", key_tags),
+        time_us,
+        canonical_tags(tags),
+        1.0,
+        score,
+        True,
+        NOVELTY_DETECTOR,
+        "",
+    )
 
 
 def collect_key_events(
@@ -312,8 +393,8 @@ def _collect(
         store = MetricStore(settings).open(background_flush=False)
         try:
             run = _Run(settings, store, ledger, summary)
-            for outbox, frame in ledger.pending():  # a run killed between commit and delivery
-                run.deliver(outbox, frame, skip_existing=True)
+            for outbox, frame, unusual in ledger.pending():  # a run killed between commit and delivery
+                run.deliver(outbox, frame, unusual, skip_existing=True)
             with ledger.transaction() as connection:
                 positions = ledger.positions(connection, reader.name)
             files = reader.files()

@@ -213,24 +213,28 @@ def apply_events(records: dict[str, KeyRecord], events: Sequence[KeyEvent]) -> l
     return before
 
 
-def record_access(connection: sqlite3.Connection, rows: Iterable[tuple[str, str, str, int, int, int]]) -> int:
-    """Merge (key_ref, dimension, value, first_seen, last_seen, count) rows; return how many values are new."""
+def record_access(
+    connection: sqlite3.Connection, rows: Iterable[tuple[str, str, str, int, int, int]]
+) -> list[tuple[str, str, str, int, int, int]]:
+    """Merge (key_ref, dimension, value, first_seen, last_seen, count) rows; return those never seen before."""
     rows = list(rows)
     if not rows:
-        return 0
+        return []
     connection.execute("CREATE TEMP TABLE IF NOT EXISTS batch_access (key_ref TEXT, dimension TEXT, value TEXT)")
     connection.execute("DELETE FROM batch_access")
     connection.executemany("INSERT INTO batch_access VALUES (?, ?, ?)", [row[:3] for row in rows])
-    (known,) = connection.execute(
-        "SELECT count(*) FROM batch_access JOIN key_access USING (key_ref, dimension, value)"
-    ).fetchone()
+    known = set(
+        connection.execute(
+            "SELECT key_ref, dimension, value FROM batch_access JOIN key_access USING (key_ref, dimension, value)"
+        ).fetchall()
+    )
     connection.executemany(
         "INSERT INTO key_access (key_ref, dimension, value, first_seen, last_seen, count) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (key_ref, dimension, value) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), "
         "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count",
         rows,
     )
-    return len(rows) - int(known)
+    return [row for row in rows if row[:3] not in known]
 
 
 def access(connection: sqlite3.Connection, key_ref: str | None = None) -> list[dict[str, Any]]:

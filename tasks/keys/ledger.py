@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS counters (
     series TEXT PRIMARY KEY, total REAL NOT NULL, last_bucket INTEGER, held REAL NOT NULL, held_bucket INTEGER
 );
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, rows INTEGER NOT NULL, samples BLOB NOT NULL
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, rows INTEGER NOT NULL, samples BLOB NOT NULL,
+    anomalies BLOB
 );
 CREATE TABLE IF NOT EXISTS keys (
     key_ref TEXT PRIMARY KEY, source TEXT NOT NULL, key_id TEXT NOT NULL, key_type TEXT, algorithm TEXT,
@@ -70,6 +71,12 @@ CREATE TABLE IF NOT EXISTS violations (
 );
 """
 _POSITION_FIELDS = tuple(f.name for f in fields(FilePosition))
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer, compression="zstd")
+    return buffer.getvalue()
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -198,22 +205,28 @@ class KeyLedger:
 
     # -- outbox -------------------------------------------------------------------------
     @staticmethod
-    def put_outbox(connection: sqlite3.Connection, samples: pl.DataFrame) -> int:
-        """Keep ``samples`` (a sample frame) until :meth:`done` confirms them; return the row id."""
-        buffer = io.BytesIO()
-        samples.write_ipc(buffer, compression="zstd")
+    def put_outbox(connection: sqlite3.Connection, samples: pl.DataFrame, anomalies: pl.DataFrame | None = None) -> int:
+        """Keep ``samples`` (and key-access ``anomalies``) until :meth:`done` confirms them; return the row id."""
         cursor = connection.execute(
-            "INSERT INTO outbox (created_at, rows, samples) VALUES (?, ?, ?)",
-            (datetime.now(UTC).isoformat(), samples.height, buffer.getvalue()),
+            "INSERT INTO outbox (created_at, rows, samples, anomalies) VALUES (?, ?, ?, ?)",
+            (
+                datetime.now(UTC).isoformat(),
+                samples.height,
+                _ipc(samples),
+                _ipc(anomalies) if anomalies is not None and anomalies.height else None,
+            ),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def pending(self) -> list[tuple[int, pl.DataFrame]]:
-        """Outbox batches not yet confirmed, oldest first."""
+    def pending(self) -> list[tuple[int, pl.DataFrame, pl.DataFrame | None]]:
+        """Outbox batches not yet confirmed, oldest first: (id, samples, anomalies or None)."""
         with self.transaction() as connection:
-            rows = connection.execute("SELECT id, samples FROM outbox ORDER BY id").fetchall()
-        return [(row_id, pl.read_ipc(io.BytesIO(blob))) for row_id, blob in rows]
+            rows = connection.execute("SELECT id, samples, anomalies FROM outbox ORDER BY id").fetchall()
+        return [
+            (row_id, pl.read_ipc(io.BytesIO(samples)), pl.read_ipc(io.BytesIO(anomalies)) if anomalies else None)
+            for row_id, samples, anomalies in rows
+        ]
 
     def done(self, row_id: int) -> None:
         """The outbox batch ``row_id`` is durable in the lake: forget it."""

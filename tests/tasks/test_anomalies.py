@@ -162,3 +162,19 @@ def test_an_unknown_detector_is_refused_naming_the_variable(anomaly_settings: Se
             AnomalyScorer(replace(anomaly_settings, anomaly_detector="magic"), store)
     finally:
         store.close()
+
+
+def test_key_usage_is_scored_against_its_hour_of_week_profile(anomaly_settings: Settings) -> None:
+    rows = 3 * 7 * 288
+    rng = np.random.default_rng(5)
+    calls = rng.poisson(3, rows).astype(float)
+    calls[-6:] += 60  # the last half hour: far more calls than at this hour in past weeks
+    counter = np.cumsum(calls)
+    load(anomaly_settings, frame("crypto.key.access_count", counter, kind="counter", host="k1"))
+    store = MetricStore(anomaly_settings).open(background_flush=False)
+    try:
+        AnomalyScorer(anomaly_settings, store).score(now=NOW)
+        found = read_anomalies(store, "crypto.key.access_count", NOW - timedelta(hours=1), NOW + STEP, 0.7)
+    finally:
+        store.close()
+    assert "profile" in set(found["detector"])

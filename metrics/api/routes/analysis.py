@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from metrics.analysis import detect_anomalies, find_correlations
 from metrics.api.app import JSONResponse, store_of
 from metrics.api.auth import Principal, Role, requires
 from metrics.api.routes.query import QueryResult, as_result
@@ -35,6 +34,8 @@ async def anomalies(
 
     Example: ``GET /api/v1/anomalies?metric_pattern=crypto.key.*&sensitivity=0.7&window_hours=6``.
     """
+    from metrics.analysis import detect_anomalies  # the models load on first use, not at the API's start
+
     settings = request.app.state.settings
     frame = await run_in_threadpool(
         detect_anomalies, settings, store_of(request), metric_pattern, sensitivity, window_hours
@@ -59,6 +60,8 @@ async def correlations(
     """
 
     def run() -> list[dict[str, Any]]:
+        from metrics.analysis import find_correlations
+
         found = find_correlations(
             store_of(request),
             primary_metric,

@@ -289,3 +289,36 @@ def test_chunks_give_the_same_counts_as_one_batch(
     chunked = collect_key_events(key_settings, "cloudtrail", [tmp_path / "ct"])
     assert chunked.events > 200
     assert lake_totals(key_settings) == lake_totals(whole)
+
+
+def test_a_new_caller_of_an_established_key_and_a_use_after_months_are_key_access_anomalies(
+    key_settings: Settings, tmp_path: Path
+) -> None:
+    from tasks.anomalies import read_anomalies
+
+    template = json.loads((FIXTURES / "cloudtrail" / "Decrypt.json").read_text())
+
+    def call(name: str, when: datetime, caller: str) -> dict[str, object]:
+        item = json.loads(json.dumps(template))
+        item["eventID"] = name
+        item["eventTime"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        item["userIdentity"]["arn"] = caller
+        return item
+
+    alice, mallory = "arn:aws:iam::111122223333:user/Alice", "arn:aws:iam::111122223333:user/Mallory"
+    old = [call(f"old-{i}", NOW - timedelta(days=80 - i), alice) for i in range(3)]  # the key's usual caller
+    (tmp_path / "history.json").write_text(json.dumps({"Records": old}))
+    collect_key_events(key_settings, "cloudtrail", [tmp_path])
+    fresh = [call("back", NOW - timedelta(hours=2), alice), call("new", NOW - timedelta(hours=1), mallory)]
+    (tmp_path / "today.json").write_text(json.dumps({"Records": fresh}))
+    summary = collect_key_events(key_settings, "cloudtrail", [tmp_path])
+    assert summary.access_anomalies == 2
+    store = MetricStore(key_settings, read_only=True)
+    try:
+        found = read_anomalies(store, "crypto.key.access_count", NOW - timedelta(days=1), NOW, 0.5)
+    finally:
+        store.close()
+    reasons = sorted(json.loads(tags)["novel"] for tags in found["tags"])
+    assert reasons == ["principal", "use after 77 days"]
+    assert set(found["detector"]) == {"key_novelty"}
+    assert mallory not in "".join(found["tags"])  # the new principal is shown pseudonymised

@@ -113,8 +113,8 @@ def test_records_and_access_round_trip_through_sqlite(tmp_path: Path) -> None:
     with ledger.transaction() as connection:
         inventory.save(connection, records.values())
         rows = [("arn:k1", "principal", "h1", DAY, 2 * DAY, 3), ("arn:k1", "region", "us-east-1", DAY, DAY, 1)]
-        assert inventory.record_access(connection, rows) == 2
-        assert inventory.record_access(connection, [("arn:k1", "principal", "h1", 0, 9 * DAY, 2)]) == 0
+        assert inventory.record_access(connection, rows) == rows  # both are new
+        assert inventory.record_access(connection, [("arn:k1", "principal", "h1", 0, 9 * DAY, 2)]) == []
     with ledger.transaction(write=False) as connection:
         assert inventory.load(connection) == records
         assert inventory.load(connection, ["arn:k1", "arn:none"]) == records
