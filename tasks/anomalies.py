@@ -394,8 +394,8 @@ def read_anomalies(store: MetricStore, pattern: str, start: datetime, end: datet
     where = "metric GLOB ?" if any(c in pattern for c in "*?[") else "metric = ?"
     frame = store.sql(
         "SELECT metric, series_id, ts, any_value(tags) AS tags, any_value(value) AS value, max(score) AS score, "
-        "bool_or(is_anomaly) AS is_anomaly, arg_max(detector, scored_at) AS detector, "
-        "arg_max(model_version, scored_at) AS model_version, max(scored_at) AS scored_at "
+        "bool_or(is_anomaly) AS is_anomaly, arg_max(detector, score) AS detector, "
+        "arg_max(model_version, score) AS model_version, max(scored_at) AS scored_at "
         f"FROM anomalies WHERE {where} AND ts >= ? AND ts < ? AND score >= ? "
         "GROUP BY metric, series_id, ts ORDER BY score DESC, ts DESC",
         [pattern, start, end, threshold],

@@ -106,7 +106,7 @@ def test_eval_nab_scores_a_corpus(cli: Cli, tmp_path: Path) -> None:
         "eval", "nab", "--data", str(tmp_path), "--windows", str(windows), "--detector", "all", "--workers", "1"
     )
     assert "ensemble" in table.out
-    assert len(json.loads(table.last_line)) == 5
+    assert len(json.loads(table.last_line)) == 6  # every detector, the usage profile included
 
 
 def test_eval_nab_refuses_a_missing_file(tmp_path: Path) -> None:
