@@ -20,9 +20,10 @@ import polars as pl
 from metrics.errors import ValidationError
 from metrics.settings import Settings
 from models.correlation import Correlation, correlate
+from storage.anomalies import read_anomalies
 from storage.query import interval_seconds
 from storage.store import MetricStore
-from tasks.anomalies import AnomalyScorer, load_series, read_anomalies, sensitivity_threshold
+from tasks.anomalies import AnomalyScorer, load_series, sensitivity_threshold
 
 MAX_WINDOW_HOURS = 24 * 90
 MAX_CORRELATED_SERIES = 1000

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from metrics.errors import ValidationError
-from models.detectors import DEFAULT_DETECTOR, DETECTORS
+from models.names import DEFAULT_DETECTOR, DETECTOR_NAMES
 
 eval_app = typer.Typer(
     help="Measure the models on public benchmarks; `--json` prints one JSON line.\n\n"
@@ -21,14 +21,14 @@ eval_app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-DETECTOR_HELP = f"Detector: {', '.join(DETECTORS)} (default {DEFAULT_DETECTOR}, the best on NAB)."
+DETECTOR_HELP = f"Detector: {', '.join(DETECTOR_NAMES)} (default {DEFAULT_DETECTOR}, the best on NAB)."
 
 
 def _check_detector(name: str, *, allow_all: bool = False) -> list[str]:
     if allow_all and name == "all":
-        return list(DETECTORS)
-    if name not in DETECTORS:
-        choices = ", ".join([*DETECTORS, "all"] if allow_all else DETECTORS)
+        return list(DETECTOR_NAMES)
+    if name not in DETECTOR_NAMES:
+        choices = ", ".join([*DETECTOR_NAMES, "all"] if allow_all else DETECTOR_NAMES)
         raise ValidationError(f"--detector: {name!r} is not one of {choices}")
     return [name]
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from metrics.errors import ConfigError
+from models.names import DETECTOR_NAMES
 
 STORAGE_TYPES = ("lake",)
 _PORTS = ("api_port", "prefect_port", "smtp_port")
@@ -529,9 +530,8 @@ class Settings:
         _check_range(self, "compression_level", low, high, f" for {self.compression}")
 
     def _check_anomaly_settings(self) -> None:
-        """Thresholds and counts of anomaly detection (the detector's name is checked where detectors are known)."""
-        if not isinstance(self.anomaly_detector, str) or not self.anomaly_detector:
-            raise ConfigError(f"{_label('anomaly_detector')}={self.anomaly_detector!r} is not a detector name")
+        """The detector's name, thresholds and counts of anomaly detection."""
+        _check_choice(self, "anomaly_detector", DETECTOR_NAMES)
         _check_range(self, "anomaly_threshold", 0, 1)
         for name, low, high in (
             ("anomaly_max_series", 1, 1_000_000),

@@ -134,12 +134,7 @@ class Detector(ABC):
 
     def calibrated(self, frame: Any) -> np.ndarray:
         """Scores before quiet periods (what an ensemble combines); learns from the rows like :meth:`score`."""
-        series = self._arrived(as_series(frame))
-        if len(series) == 0:
-            return np.zeros(0)
-        scores = np.clip(np.nan_to_num(self._calibrated(series), nan=0.0), 0.0, 1.0)
-        scores[np.isnan(series.values)] = 0.0
-        return scores
+        return self._scored(frame)[1]
 
     def score(self, frame: Any) -> np.ndarray:
         """Anomaly scores in [0, 1] of the frame's rows, each computed from earlier rows only; learns from them.
@@ -149,12 +144,17 @@ class Detector(ABC):
                 and ``value`` columns, or a ``(timestamps, values)`` pair. NaN values are missing: they
                 score 0 and teach nothing. Rows are taken in the order given.
         """
+        series, scores = self._scored(frame)
+        return self.quiet_.apply(series.ts, scores) if len(series) else scores
+
+    def _scored(self, frame: Any) -> tuple[Series, np.ndarray]:
+        """The frame as arrived rows and their calibrated scores, clipped to [0, 1]; missing values score 0."""
         series = self._arrived(as_series(frame))
         if len(series) == 0:
-            return np.zeros(0)
+            return series, np.zeros(0)
         scores = np.clip(np.nan_to_num(self._calibrated(series), nan=0.0), 0.0, 1.0)
         scores[np.isnan(series.values)] = 0.0
-        return self.quiet_.apply(series.ts, scores)
+        return series, scores
 
     def _arrived(self, series: Series) -> Series:
         """The series with times made non-decreasing across calls too."""

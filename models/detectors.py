@@ -6,10 +6,11 @@ from typing import Any
 
 from models.base import Detector
 from models.ensemble import MEMBERS, Ensemble
+from models.names import DEFAULT_DETECTOR
 from models.profile import HourOfWeekProfile
 
 DETECTORS: dict[str, type[Detector]] = {**MEMBERS, Ensemble.name: Ensemble, HourOfWeekProfile.name: HourOfWeekProfile}
-DEFAULT_DETECTOR = Ensemble.name  # the best on NAB (see the README's figures)
+__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "make_detector"]
 
 
 def make_detector(name: str = DEFAULT_DETECTOR, **params: Any) -> Detector:

@@ -7,10 +7,6 @@ have been seen, and again every ``refit_seconds``; rows are scored by the
 forest trained before them. The raw score is how far a row's anomaly score
 lies above the training rows' median, in units of their median absolute
 deviation, calibrated into an anomaly likelihood.
-
-:func:`joint_features` does the same over several aligned series (the metrics
-of one host, or one key's operations) so a forest can judge them together: a
-combination never seen before stands out even when each value alone is usual.
 """
 
 from __future__ import annotations
@@ -26,8 +22,6 @@ from models.base import US_PER_SECOND, Detector, Series
 from models.calibration import AnomalyLikelihood
 from models.zscore import MAD_TO_SIGMA
 
-FEATURES = ("value", "change", "mean", "std")
-
 
 def window_features(ts: np.ndarray, values: np.ndarray, feature_seconds: float) -> np.ndarray:
     """Rows × (value, change, rolling mean, rolling std) over the ``feature_seconds`` ending at each row."""
@@ -39,14 +33,6 @@ def window_features(ts: np.ndarray, values: np.ndarray, feature_seconds: float) 
         (values, change, rolling.mean().to_numpy(), np.nan_to_num(rolling.std().to_numpy(), nan=0.0))
     )
     return np.nan_to_num(features, nan=0.0)
-
-
-def joint_features(frame: pd.DataFrame) -> np.ndarray:
-    """Rows × series of several aligned series (columns), each standardised by its own median and MAD."""
-    values = frame.to_numpy(dtype=float)
-    median = np.nanmedian(values, axis=0)
-    mad = np.nanmedian(np.abs(values - median), axis=0) * MAD_TO_SIGMA
-    return np.nan_to_num((values - median) / np.where(mad > 0, mad, 1.0), nan=0.0)
 
 
 @dataclass

@@ -26,7 +26,7 @@ and sums them in score order.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,8 +216,3 @@ def _file_raw(file: LabelledFile, threshold: float, profile: Profile) -> float:
 def evaluate_all(files: Sequence[LabelledFile], profiles: Sequence[Profile] = PROFILES) -> dict[str, ProfileResult]:
     """Every profile's result, by name."""
     return {profile.name: evaluate(files, profile) for profile in profiles}
-
-
-def windows_by_file(document: Mapping[str, Sequence[Sequence[str]]]) -> dict[str, list[tuple[str, str]]]:
-    """``windows.json`` (file → list of [start, end] timestamps) as plain pairs."""
-    return {name: [(str(start), str(end)) for start, end in pairs] for name, pairs in document.items()}

@@ -1,4 +1,4 @@
-"""Training and scoring anomaly models over the lake's series; the ``anomalies`` table.
+"""Training and scoring anomaly models over the lake's series; rows go to the ``anomalies`` table (storage.anomalies).
 
 **Which series.** Gauges and counters whose metric matches
 ``anomaly_metrics`` (globs, default every metric); a counter is scored as its
@@ -37,21 +37,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from metrics.errors import ConfigError, ValidationError
+from metrics.errors import ValidationError
 from metrics.settings import Settings
 from models.calibration import QuietPeriod
-from models.detectors import DETECTORS, make_detector
+from models.detectors import make_detector
 from models.registry import ModelError, ModelRegistry
+from storage.anomalies import anomaly_frame, write_anomalies
 from storage.statedb import exclusive_lock
 from storage.store import MetricStore
 from tasks.collect.checkpoints import Checkpoints
 
-TABLE = "anomalies"
 CANDIDATE_LEVEL = QuietPeriod.level  # rows scoring this much are written
 CHECKPOINT = "anomaly-scoring"
 WARMUP_ROWS = 2000  # at most this many rows of warm-up for a series without a model
@@ -59,34 +58,6 @@ KEY_USAGE_METRICS = ("crypto.key.access_count",)  # also scored against their ho
 PROFILE = "profile"
 PROFILE_WEEKS = 4
 US = 1_000_000
-ANOMALY_SCHEMA = pa.schema(
-    [
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("series_id", pa.int64(), nullable=False),
-        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("tags", pa.string(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False),
-        pa.field("score", pa.float64(), nullable=False),
-        pa.field("is_anomaly", pa.bool_(), nullable=False),
-        pa.field("detector", pa.string(), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
-
-
-POLARS_SCHEMA: dict[str, pl.DataType] = {
-    "metric": pl.String(),
-    "series_id": pl.Int64(),
-    "ts": pl.Datetime("us", "UTC"),
-    "tags": pl.String(),
-    "value": pl.Float64(),
-    "score": pl.Float64(),
-    "is_anomaly": pl.Boolean(),
-    "detector": pl.String(),
-    "model_version": pl.String(),
-    "scored_at": pl.Datetime("us", "UTC"),
-}
 
 
 def sensitivity_threshold(sensitivity: float) -> float:
@@ -194,11 +165,6 @@ class AnomalyScorer:
         self.store = store
         self.registry = ModelRegistry(settings.data_dir / "models")
         self.detector = settings.anomaly_detector
-        if self.detector not in DETECTORS:
-            raise ConfigError(
-                f"METRICS_ANOMALY_DETECTOR (anomaly_detector)={self.detector!r} is not allowed; "
-                f"allowed: {', '.join(DETECTORS)}"
-            )
         self.checkpoints = Checkpoints(settings.state_dir)
         self._scored: set[int] = set()
         self._rows_scored = 0
@@ -354,53 +320,8 @@ class AnomalyScorer:
         return write_anomalies(self.store, anomaly_frame(rows, scored_at))
 
 
-ROW_COLUMNS = ("metric", "series_id", "ts", "tags", "value", "score", "is_anomaly", "detector", "model_version")
-
-
-def anomaly_frame(rows: Sequence[tuple[Any, ...]], scored_at: datetime) -> pl.DataFrame:
-    """Rows of (metric, series_id, ts µs, tags, value, score, is_anomaly, detector, model_version) as a frame."""
-    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [() for _ in ROW_COLUMNS]
-    frame = pl.DataFrame(
-        {
-            name: pl.Series(values, dtype=pl.Int64 if name == "ts" else POLARS_SCHEMA[name])
-            for name, values in zip(ROW_COLUMNS, columns, strict=True)
-        }
-    )
-    return frame.with_columns(
-        pl.col("ts").cast(pl.Datetime("us", "UTC")),
-        pl.lit(scored_at).cast(pl.Datetime("us", "UTC")).alias("scored_at"),
-    )
-
-
-def write_anomalies(store: MetricStore, frame: pl.DataFrame) -> int:
-    """Append anomaly rows (the ``anomalies`` table's columns) to the lake, one file per day; return how many."""
-    if frame.is_empty():
-        return 0
-    frame = frame.select(list(POLARS_SCHEMA)).sort("metric", "series_id", "ts")
-    for (day,), part in frame.group_by(frame["ts"].dt.date(), maintain_order=True):
-        store.lake.write(TABLE, day, part.to_arrow().cast(ANOMALY_SCHEMA))
-    store.engine.refresh_views()
-    return frame.height
-
-
 def _moment(micros: int) -> datetime:
     return datetime.fromtimestamp(int(micros) / US, UTC)
-
-
-def read_anomalies(store: MetricStore, pattern: str, start: datetime, end: datetime, threshold: float) -> pl.DataFrame:
-    """Stored anomalies of metrics matching a glob in [start, end) scoring at least ``threshold``, newest first."""
-    if not store.lake.files(TABLE):
-        return pl.DataFrame(schema=POLARS_SCHEMA)
-    where = "metric GLOB ?" if any(c in pattern for c in "*?[") else "metric = ?"
-    frame = store.sql(
-        "SELECT metric, series_id, ts, any_value(tags) AS tags, any_value(value) AS value, max(score) AS score, "
-        "bool_or(is_anomaly) AS is_anomaly, arg_max(detector, score) AS detector, "
-        "arg_max(model_version, score) AS model_version, max(scored_at) AS scored_at "
-        f"FROM anomalies WHERE {where} AND ts >= ? AND ts < ? AND score >= ? "
-        "GROUP BY metric, series_id, ts ORDER BY score DESC, ts DESC",
-        [pattern, start, end, threshold],
-    )
-    return frame
 
 
 @task(

@@ -39,8 +39,8 @@ from metrics.errors import ConfigError
 from metrics.model import canonical_tags, series_id
 from metrics.pii import Pseudonymiser
 from metrics.settings import Settings
+from storage.anomalies import anomaly_frame, write_anomalies
 from storage.store import MetricStore
-from tasks.anomalies import anomaly_frame, write_anomalies
 from tasks.collect.cloudtrail import CloudTrailSource
 from tasks.collect.key_events import USE_KINDS, FileRead, KeyEvent, KeyEventSource, LogProblem, file_identity
 from tasks.collect.vault import VaultAuditSource

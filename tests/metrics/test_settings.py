@@ -156,6 +156,7 @@ def test_db_path_overrides_the_database_file() -> None:
         ("METRICS_FLUSH_SECONDS", "soon", "> 0"),
         ("METRICS_FLUSH_SECONDS", "nan", "> 0"),
         ("METRICS_MAX_FUTURE_SECONDS", "-1", ">= 0"),
+        ("METRICS_ANOMALY_DETECTOR", "magic", "zscore, seasonal, changepoint, iforest, ensemble, profile"),
     ],
 )
 def test_bad_values_name_the_variable_the_value_and_what_is_allowed(name: str, raw: str, allowed: str) -> None:

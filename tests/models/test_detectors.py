@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from metrics.errors import ValidationError
+from models import names
 from models.base import Detector, as_series
-from models.detectors import make_detector
+from models.detectors import DEFAULT_DETECTOR, DETECTORS, make_detector
 
 STEP_US = 300 * 1_000_000  # five minutes
 DAY = 288  # rows
@@ -185,3 +186,8 @@ def test_bad_parameters_are_refused_with_the_parameter(name: str, params: dict[s
 def test_parameters_are_declared_once() -> None:
     detector: Detector = make_detector("zscore", window_seconds=3600.0)
     assert detector.params() == {"hold_seconds": 43_200.0, "window_seconds": 3600.0, "min_points": 20}
+
+
+def test_the_light_name_list_matches_the_detectors() -> None:
+    assert tuple(DETECTORS) == names.DETECTOR_NAMES
+    assert names.DEFAULT_DETECTOR == DEFAULT_DETECTOR

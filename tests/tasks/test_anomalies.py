@@ -12,8 +12,9 @@ import pytest
 from metrics.analysis import detect_anomalies, find_correlations
 from metrics.errors import ConfigError, ValidationError
 from metrics.settings import Settings
+from storage.anomalies import read_anomalies
 from storage.store import MetricStore
-from tasks.anomalies import AnomalyScorer, as_rate, read_anomalies, sensitivity_threshold
+from tasks.anomalies import AnomalyScorer, as_rate, sensitivity_threshold
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 STEP = timedelta(minutes=5)

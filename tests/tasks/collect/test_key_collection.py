@@ -294,7 +294,7 @@ def test_chunks_give_the_same_counts_as_one_batch(
 def test_a_new_caller_of_an_established_key_and_a_use_after_months_are_key_access_anomalies(
     key_settings: Settings, tmp_path: Path
 ) -> None:
-    from tasks.anomalies import read_anomalies
+    from storage.anomalies import read_anomalies
 
     template = json.loads((FIXTURES / "cloudtrail" / "Decrypt.json").read_text())
 
