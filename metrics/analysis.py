@@ -23,7 +23,8 @@ from models.correlation import Correlation, correlate
 from storage.anomalies import read_anomalies
 from storage.query import interval_seconds
 from storage.store import MetricStore
-from tasks.anomalies import AnomalyScorer, load_series, sensitivity_threshold
+from tasks.anomalies import AnomalyScorer, sensitivity_threshold
+from tasks.anomaly_series import load_series
 
 MAX_WINDOW_HOURS = 24 * 90
 MAX_CORRELATED_SERIES = 1000

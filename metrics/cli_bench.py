@@ -119,6 +119,25 @@ def bench_key_lag_command(
     _print_figures(bench_key_lag(drops, interval=interval, console=err), as_json)
 
 
+@bench_app.command("anomalies")
+def bench_anomalies_command(
+    hosts: Annotated[int, typer.Option(help="Hosts, each a group of metrics following one daily load.")] = 10,
+    metrics: Annotated[int, typer.Option(help="Gauges per host.")] = 4,
+    days: Annotated[int, typer.Option(help="Days of five-minute history per series.")] = 14,
+    workers: Annotated[int | None, typer.Option(help="Training processes compared with one (default: cores).")] = (
+        None
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+) -> None:
+    """Anomaly model training (one process vs several, same models) and scoring time over a generated lake.
+
+    Example: metrics bench anomalies --hosts 10 --metrics 4 --days 14 --json
+    """
+    from metrics.bench_anomalies import bench_anomalies
+
+    _print_figures(bench_anomalies(hosts, metrics, days, workers=workers, console=err), as_json)
+
+
 def _print_figures(figures: dict[str, Any], as_json: bool) -> None:
     if not as_json:
         out.print_json(data=figures)

@@ -73,7 +73,7 @@ def detect(
 @eval_app.command("nab")
 def eval_nab(
     data: Annotated[Path, typer.Option(help="The NAB data folder (files named as in --windows).")],
-    windows: Annotated[Path, typer.Option(help="NAB's windows.json (file -> list of [start, end]).")],
+    windows: Annotated[Path, typer.Option(help="NAB's windows.json (file -> list of start, end pairs).")],
     detector: Annotated[str, typer.Option(help=DETECTOR_HELP + " 'all' scores each.")] = DEFAULT_DETECTOR,
     workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on the last line.")] = False,
@@ -171,17 +171,24 @@ def correlations(
 def train(
     pattern: Annotated[list[str] | None, typer.Option(help="Train only series of these metric globs.")] = None,
 ) -> None:
-    """Train an anomaly model per series with enough history and store it in the registry (what train-models does).
+    """Train an anomaly model per series, and a joint forest per host or key, with enough history (as train-models).
+
+    Fits run in METRICS_TRAIN_WORKERS processes (default one per core).
 
     Example: metrics train --pattern 'system.*'
     """
     from metrics.cli import open_store, settings
     from tasks.anomalies import AnomalyScorer
 
-    with open_store() as store:
-        summary = AnomalyScorer(settings(), store).train(pattern or None)
+    with open_store() as store, _progress("training") as progress:
+        task = progress.add_task("train", total=None)
+        summary = AnomalyScorer(settings(), store).train(
+            pattern or None, progress=lambda n, total: progress.update(task, completed=n, total=total)
+        )
+    joint = sum(1 for item in summary.trained if item["detector"] == "joint")
     out.print(
-        f"trained {len(summary.trained)} models, skipped {summary.skipped} series with too little history, "
+        f"trained {len(summary.trained)} models ({joint} over groups of series), "
+        f"skipped {summary.skipped} with too little history, "
         f"pruned {summary.pruned} old versions in {summary.seconds:.1f} s",
         markup=False,
     )

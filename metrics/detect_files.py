@@ -10,25 +10,23 @@ the same relative path under the output folder.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from metrics.errors import ValidationError
+from metrics.processes import parallel_map
 from metrics.timestamps import parse_timestamp_column
 from models.detectors import DEFAULT_DETECTOR, make_detector
 from models.nab import PROFILES, LabelledFile, ProfileResult, evaluate, window_rows
 
 SCORE_COLUMN = "anomaly_score"
-T = TypeVar("T")
 
 
 def read_series_csv(path: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
@@ -92,11 +90,6 @@ def csv_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*.csv") if path.is_file())
 
 
-def workers_for(count: int, workers: int | None = None) -> int:
-    """Processes to use for ``count`` files: one per core by default, never more than files."""
-    return max(1, min(count, workers or os.cpu_count() or 1))
-
-
 def score_path(
     source: Path,
     output: Path,
@@ -131,38 +124,6 @@ def score_path(
         raise ValidationError(f"--output: {output} is a file; a folder input needs an output folder")
     jobs = [(path, output / path.relative_to(source), detector, params or {}) for path in files]
     return parallel_map(_score_job, jobs, workers, progress)
-
-
-def parallel_map(
-    function: Callable[[Any], T],
-    jobs: Sequence[Any],
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[T]:
-    """``function`` over ``jobs`` in processes (in order), reporting (done, all) after each."""
-    results: list[T] = []
-    count = workers_for(len(jobs), workers)
-    # Processes are spawned, not forked: a fork of a process whose polars thread pool has run can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=count, mp_context=context) if count > 1 else _InProcess() as pool:
-        for result in pool.map(function, jobs):
-            results.append(result)
-            if progress is not None:
-                progress(len(results), len(jobs))
-    return results
-
-
-class _InProcess:
-    """One worker: run here (no process start-up for a single file)."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def map(self, function: Callable[[Any], T], jobs: Sequence[Any]) -> Iterator[T]:
-        return map(function, jobs)
 
 
 def load_windows(path: Path) -> dict[str, list[tuple[str, str]]]:

@@ -90,6 +90,8 @@ ENV_NAMES = {
     "train_days": "METRICS_TRAIN_DAYS",
     "train_min_points": "METRICS_TRAIN_MIN_POINTS",
     "model_keep": "METRICS_MODEL_KEEP",
+    "anomaly_group_tags": "METRICS_ANOMALY_GROUP_TAGS",
+    "train_workers": "METRICS_TRAIN_WORKERS",
 }
 # A health target's fields (the spec's MonitoringTarget): name -> (accepted JSON types, required).
 HEALTH_TARGET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -309,6 +311,8 @@ class Settings:
     train_days: int = 14
     train_min_points: int = 500
     model_keep: int = 3
+    anomaly_group_tags: tuple[str, ...] = ("host", "key_id")  # series sharing one are also scored together
+    train_workers: int = 0  # processes fitting models; 0: one per core
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -427,6 +431,8 @@ class Settings:
             "train_days": _int(env, "METRICS_TRAIN_DAYS", base["train_days"], minimum=1, maximum=3650),
             "train_min_points": _int(env, "METRICS_TRAIN_MIN_POINTS", base["train_min_points"], minimum=10),
             "model_keep": _int(env, "METRICS_MODEL_KEEP", base["model_keep"], minimum=1, maximum=1000),
+            "anomaly_group_tags": _list(env, "METRICS_ANOMALY_GROUP_TAGS", base["anomaly_group_tags"]),
+            "train_workers": _int(env, "METRICS_TRAIN_WORKERS", base["train_workers"], minimum=0, maximum=256),
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -505,6 +511,7 @@ class Settings:
             "vault_transit_mounts",
             "key_forbidden_algorithms",
             "anomaly_metrics",
+            "anomaly_group_tags",
         ):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
@@ -538,6 +545,7 @@ class Settings:
             ("train_days", 1, 3650),
             ("train_min_points", 10, 10_000_000),
             ("model_keep", 1, 1000),
+            ("train_workers", 0, 256),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -681,6 +689,8 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "train_days": ("train_days", int),
         "train_min_points": ("train_min_points", int),
         "model_keep": ("model_keep", int),
+        "group_tags": ("anomaly_group_tags", list),
+        "train_workers": ("train_workers", int),
     },
     "key_policy": {
         "max_rotation_days": ("key_max_rotation_days", int),

@@ -26,15 +26,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metrics.errors import MetricsError
 from models.base import Detector
+from models.joint import JointForest
 
 MODEL_FILE = "model.pkl"
 META_FILE = "meta.json"
 VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
 TRACKED_PACKAGES = ("metrics-system", "scikit-learn", "statsmodels", "numpy", "pandas", "ruptures")
+
+Model = Detector | JointForest
+M = TypeVar("M", Detector, JointForest)
 
 
 class ModelError(MetricsError):
@@ -97,7 +101,7 @@ class ModelRegistry:
 
     def save(
         self,
-        model: Detector,
+        model: Model,
         series_id: int,
         *,
         data_start: datetime | None,
@@ -153,10 +157,22 @@ class ModelRegistry:
             raise ModelError(f"{path}: cannot read the model's metadata: {exc}") from None
 
     def load(self, detector: str, series_id: int, model_version: str | None = None) -> tuple[Detector, ModelInfo]:
-        """A stored detector (default: the newest version) and its metadata.
+        """A stored detector (default: the newest version) and its metadata; see :meth:`load_as`."""
+        model, info = self._load(Detector, detector, series_id, model_version)
+        return model, info
+
+    def load_as(
+        self, kind: type[M], detector: str, series_id: int, model_version: str | None = None
+    ) -> tuple[M, ModelInfo]:
+        """A stored model of class ``kind`` (default: the newest version) and its metadata."""
+        model, info = self._load(kind, detector, series_id, model_version)
+        return model, info
+
+    def _load(self, kind: type[Any], detector: str, series_id: int, model_version: str | None) -> tuple[Any, ModelInfo]:
+        """Load and check a model (``kind`` may be abstract: it is only an isinstance check).
 
         Raises:
-            ModelError: there is no such model, or it cannot be read.
+            ModelError: there is no such model, or it cannot be read, or it is not a ``kind``.
             ModelVersionError: it was written by other library versions than these.
         """
         info = self.info(detector, series_id, model_version)
@@ -174,8 +190,8 @@ class ModelRegistry:
                 model = pickle.load(handle)
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
             raise ModelError(f"{path}: cannot load the model: {exc}") from None
-        if not isinstance(model, Detector) or model.name != detector:
-            raise ModelError(f"{path}: not a {detector} detector")
+        if not isinstance(model, kind) or model.name != detector:
+            raise ModelError(f"{path}: not a {detector} model")
         return model, info
 
     def prune(self, detector: str, series_id: int, keep: int = 3) -> list[str]:

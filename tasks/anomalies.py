@@ -28,7 +28,7 @@ a row written twice after a crash has the same score, and readers keep one.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,13 +42,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from metrics.errors import ValidationError
+from metrics.processes import parallel_map
 from metrics.settings import Settings
 from models.calibration import QuietPeriod
 from models.detectors import make_detector
+from models.joint import JointForest
 from models.registry import ModelError, ModelRegistry
+from models.training import FitJob, fit_model
 from storage.anomalies import anomaly_frame, write_anomalies
 from storage.statedb import exclusive_lock
 from storage.store import MetricStore
+from tasks.anomaly_series import US, SeriesData, SeriesGroup, load_series, series_groups
 from tasks.collect.checkpoints import Checkpoints
 
 CANDIDATE_LEVEL = QuietPeriod.level  # rows scoring this much are written
@@ -57,7 +61,7 @@ WARMUP_ROWS = 2000  # at most this many rows of warm-up for a series without a m
 KEY_USAGE_METRICS = ("crypto.key.access_count",)  # also scored against their hour-of-week profile
 PROFILE = "profile"
 PROFILE_WEEKS = 4
-US = 1_000_000
+JOINT = JointForest.name
 
 
 def sensitivity_threshold(sensitivity: float) -> float:
@@ -65,72 +69,6 @@ def sensitivity_threshold(sensitivity: float) -> float:
     if isinstance(sensitivity, bool) or not isinstance(sensitivity, int | float) or not 0 <= sensitivity <= 1:
         raise ValidationError(f"sensitivity: {sensitivity!r} must be a number from 0 to 1")
     return 0.9 - 0.4 * float(sensitivity)
-
-
-@dataclass
-class SeriesData:
-    """One series' rows as detectors see them (a counter as its rate)."""
-
-    series_id: int
-    metric: str
-    tags: str
-    kind: str
-    ts: np.ndarray  # µs
-    values: np.ndarray
-    counts: np.ndarray | None = None  # a counter's increase per row (values are its rate)
-
-
-def increases(values: np.ndarray) -> np.ndarray:
-    """A cumulative counter's increase from each row to the next (a drop is a reset from zero)."""
-    steps = np.diff(values)
-    return np.where(steps >= 0, steps, values[1:])
-
-
-def as_rate(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A cumulative counter as a per-second rate between consecutive rows (a drop is a reset from zero)."""
-    if len(values) < 2:
-        return ts[:0], values[:0]
-    seconds = np.maximum(np.diff(ts) / US, 1e-6)
-    return ts[1:], increases(values) / seconds
-
-
-def series_data(frame: pl.DataFrame) -> list[SeriesData]:
-    """Raw samples (``query_metrics`` columns) as one :class:`SeriesData` per gauge or counter series."""
-    found: list[SeriesData] = []
-    if frame.is_empty():
-        return found
-    for (series_id,), part in frame.sort("series_id", "ts").group_by(["series_id"], maintain_order=True):
-        kind = str(part["type"][0])
-        if kind not in ("gauge", "counter"):
-            continue
-        ts = part["ts"].dt.cast_time_unit("us").to_physical().to_numpy().astype(np.int64)
-        values = part["value"].to_numpy().astype(float)
-        counts = None
-        if kind == "counter":
-            counts = increases(values) if len(values) > 1 else values[:0]
-            ts, values = as_rate(ts, values)
-        found.append(SeriesData(int(series_id), str(part["metric"][0]), str(part["tags"][0]), kind, ts, values, counts))
-    return found
-
-
-def matches(metric: str, patterns: Sequence[str]) -> bool:
-    """Whether a metric name matches any of the globs."""
-    return any(fnmatchcase(metric, pattern) for pattern in patterns)
-
-
-def load_series(
-    store: MetricStore, patterns: Sequence[str], start: datetime, end: datetime, limit: int
-) -> list[SeriesData]:
-    """The gauge and counter series matching ``patterns`` with rows in [start, end), most recently active first."""
-    frames = [store.query_metrics(pattern, start, end) for pattern in dict.fromkeys(patterns)]
-    frame = (
-        pl.concat([f for f in frames if f.height], how="vertical_relaxed") if any(f.height for f in frames) else None
-    )
-    if frame is None:
-        return []
-    found = {item.series_id: item for item in series_data(frame.unique(["series_id", "ts"], keep="first"))}
-    ranked = sorted(found.values(), key=lambda s: (-int(s.ts[-1]) if len(s.ts) else 0, s.series_id))
-    return [item for item in ranked if len(item.ts)][:limit]
 
 
 @dataclass
@@ -152,6 +90,7 @@ class ScoreSummary:
     written: int = 0
     anomalies: int = 0
     with_model: int = 0
+    groups: int = 0
     model_errors: list[str] = field(default_factory=list)
     top: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -173,37 +112,51 @@ class AnomalyScorer:
         """One scoring (or training) run at a time per data directory."""
         return exclusive_lock(self.settings.state_dir / "anomaly_scoring.lock", "anomaly scoring run", 3600.0)
 
-    def train(self, patterns: Sequence[str] | None = None, *, now: datetime | None = None) -> TrainSummary:
-        """Fit and store a model for every series with enough recent history."""
+    def train(
+        self,
+        patterns: Sequence[str] | None = None,
+        *,
+        now: datetime | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TrainSummary:
+        """Fit and store a model for every series, and a joint forest for every group, with enough history.
+
+        The fits run in ``train_workers`` processes (one per core by default); ``progress`` is told
+        (done, all) after each.
+        """
         started = time.perf_counter()
         end = now or datetime.now(UTC)
         begin = end - timedelta(days=self.settings.train_days)
         summary = TrainSummary()
         chosen = patterns or self.settings.anomaly_metrics
+        least = self.settings.train_min_points
         with self.exclusive():
-            for item in load_series(self.store, chosen, begin, end, self.settings.anomaly_max_series):
-                if len(item.ts) < self.settings.train_min_points:
+            items = load_series(self.store, chosen, begin, end, self.settings.anomaly_max_series)
+            jobs: list[tuple[FitJob, int, str, str, np.ndarray]] = []
+            for item in items:
+                if len(item.ts) < least:
                     summary.skipped += 1
                     continue
-                clock = time.perf_counter()
-                model = make_detector(self.detector)
-                scores = model.calibrated((item.ts, item.values))  # learns the history, as fit() does
-                figures = {
-                    "rows": len(item.ts),
-                    "candidate_rate": round(float((scores >= CANDIDATE_LEVEL).mean()), 5),
-                    "seconds": round(time.perf_counter() - clock, 3),
-                }
+                job = FitJob(self.detector, ts=item.ts, values=item.values)
+                jobs.append((job, item.series_id, item.metric, item.tags, item.ts))
+            for group in series_groups(items, self.settings.anomaly_group_tags):
+                complete = group.frame.drop_nulls()
+                if complete.height < least:
+                    summary.skipped += 1
+                    continue
+                metrics = ",".join(sorted({member.metric for member in group.members}))
+                ts = complete.get_column("ts").to_numpy()
+                jobs.append((FitJob(JOINT, frame=complete), group.group_id, metrics, group.key, ts))
+            fitted = parallel_map(fit_model, [job for job, *_ in jobs], self.settings.train_workers or None, progress)
+            for (job, series_id, metric, tags, ts), (model, figures) in zip(jobs, fitted, strict=True):
                 info = self.registry.save(
-                    model,
-                    item.series_id,
-                    data_start=_moment(item.ts[0]),
-                    data_end=_moment(item.ts[-1]),
-                    rows=len(item.ts),
-                    figures=figures,
-                    now=end,
+                    model, series_id, data_start=_moment(ts[0]), data_end=_moment(ts[-1]), rows=job.rows,
+                    figures=figures, now=end,
+                )  # fmt: skip
+                summary.pruned += len(self.registry.prune(model.name, series_id, self.settings.model_keep))
+                summary.trained.append(
+                    {"metric": metric, "tags": tags, "detector": model.name, "version": info.version, **figures}
                 )
-                summary.pruned += len(self.registry.prune(self.detector, item.series_id, self.settings.model_keep))
-                summary.trained.append({"metric": item.metric, "tags": item.tags, "version": info.version, **figures})
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -223,9 +176,13 @@ class AnomalyScorer:
             begin = end - timedelta(hours=self.settings.score_warmup_hours)
             models = set(self.registry.series(self.detector))
             limit = self.settings.anomaly_max_series
-            for item in load_series(self.store, chosen, begin - timedelta(days=1), end, limit):
+            items = load_series(self.store, chosen, begin - timedelta(days=1), end, limit)
+            for item in items:
                 scores, version, fed = self._scores(item, models, begin, summary)
                 self._keep(item, item.values, scores, fed, self.detector, version, str(item.series_id), state, rows)
+            joint_models = set(self.registry.series(JOINT))
+            for group in series_groups(items, self.settings.anomaly_group_tags):
+                self._score_group(group, joint_models, begin, summary, state, rows)
             usage = [p for p in KEY_USAGE_METRICS if any(fnmatchcase(p, c) for c in chosen)]
             for item in load_series(self.store, usage, end - timedelta(weeks=PROFILE_WEEKS), end, limit):
                 counts = item.counts if item.counts is not None else item.values
@@ -267,29 +224,82 @@ class AnomalyScorer:
         rows: list[tuple[Any, ...]],
     ) -> None:
         """The candidate rows among those not scored before (by this detector), and the new checkpoint."""
-        last = state.get(key)
-        fresh = fed if last is None else fed & (item.ts > int(last))
+        fresh = self._fresh(key, item.ts, fed, state)
         if not fresh.any():
             return
         self._scored.add(item.series_id)
         self._rows_scored += int(fresh.sum())
-        state[key] = int(item.ts[fresh][-1])
         keep = fresh & (scores >= CANDIDATE_LEVEL)
-        threshold = self.settings.anomaly_threshold
         for stamp, value, score in zip(item.ts[keep], values[keep], scores[keep], strict=True):
-            rows.append(
-                (
-                    item.metric,
-                    item.series_id,
-                    int(stamp),
-                    item.tags,
-                    float(value),
-                    float(score),
-                    bool(score >= threshold),
-                    detector,
-                    version,
-                )
+            rows.append(self._row(item, int(stamp), float(value), float(score), detector, version))
+
+    def _fresh(self, key: str, ts: np.ndarray, fed: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """The rows fed that are newer than the checkpoint ``key``, which moves to the last of them."""
+        last = state.get(key)
+        fresh = fed if last is None else fed & (ts > int(last))
+        if fresh.any():
+            state[key] = int(ts[fresh][-1])
+        return fresh
+
+    def _row(
+        self, item: SeriesData, stamp: int, value: float, score: float, detector: str, version: str
+    ) -> tuple[Any, ...]:
+        """One row of the ``anomalies`` table (storage.anomalies.ROW_COLUMNS)."""
+        flagged = score >= self.settings.anomaly_threshold
+        return (item.metric, item.series_id, stamp, item.tags, value, score, flagged, detector, version)
+
+    def _score_group(
+        self,
+        group: SeriesGroup,
+        models: set[int],
+        begin: datetime,
+        summary: ScoreSummary,
+        state: dict[str, Any],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """Score a group's new rows with its joint forest; a candidate is filed under the series most to blame."""
+        model, version, trained_until = self._joint_model(group, models, summary)
+        ts = group.ts
+        if model is None:
+            model = JointForest()
+            fed = ts >= int(begin.timestamp() * US)
+            fed[: max(0, len(fed) - WARMUP_ROWS)] = False
+        else:
+            fed = ts > trained_until
+        fresh = self._fresh(f"{JOINT}:{group.group_id}", ts, fed, state)
+        if not fed.any():
+            return
+        judgement = model.judge(group.frame.filter(pl.Series(fed)).select("ts", *model.columns_ or group.columns))
+        scores = np.zeros(len(ts))
+        culprits = np.zeros(len(ts), dtype=np.int64)
+        scores[fed], culprits[fed] = judgement.scores, judgement.culprits
+        summary.groups += int(fresh.any())
+        columns = model.columns_
+        for row in np.flatnonzero(fresh & (scores >= CANDIDATE_LEVEL)):
+            column = columns[int(culprits[row])]
+            index, item = group.member(column)
+            stamp = int(group.stamps[row, index]) or int(ts[row])
+            value = float(group.frame.get_column(column)[int(row)])
+            rows.append(self._row(item, stamp, value, float(scores[row]), JOINT, version))
+
+    def _joint_model(
+        self, group: SeriesGroup, models: set[int], summary: ScoreSummary
+    ) -> tuple[JointForest | None, str, int]:
+        """(the group's stored joint forest or None, its version, the end of its training rows in µs)."""
+        if group.group_id not in models:
+            return None, "", 0
+        try:
+            model, info = self.registry.load_as(JointForest, JOINT, group.group_id)
+        except ModelError as exc:
+            summary.model_errors.append(str(exc))
+            return None, "", 0
+        if not set(model.columns_) <= set(group.columns):
+            summary.model_errors.append(
+                f"{group.key}: the joint model was trained on other series; scored without it until the next training"
             )
+            return None, "", 0
+        trained_until = datetime.fromisoformat(info.data_end).timestamp() * US if info.data_end else 0
+        return model, info.version, int(trained_until)
 
     def _scores(
         self, item: SeriesData, models: set[int], begin: datetime, summary: ScoreSummary

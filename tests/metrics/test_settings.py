@@ -400,9 +400,15 @@ def test_anomaly_settings() -> None:
             "METRICS_ANOMALY_THRESHOLD": "0.8",
             "METRICS_TRAIN_DAYS": "7",
             "METRICS_ANOMALY_DETECTOR": "seasonal",
+            "METRICS_ANOMALY_GROUP_TAGS": "host, service",
+            "METRICS_TRAIN_WORKERS": "3",
         }
     )
     assert settings.anomaly_metrics == ("system.*", "crypto.key.*")
+    assert (settings.anomaly_group_tags, settings.train_workers) == (("host", "service"), 3)
+    assert Settings.from_env({"METRICS_ANOMALY_GROUP_TAGS": ""}).anomaly_group_tags == ()
+    with pytest.raises(ConfigError, match="METRICS_TRAIN_WORKERS"):
+        Settings.from_env({"METRICS_TRAIN_WORKERS": "-1"})
     assert (settings.anomaly_threshold, settings.train_days, settings.anomaly_detector) == (0.8, 7, "seasonal")
     with pytest.raises(ConfigError, match="METRICS_ANOMALY_THRESHOLD"):
         Settings.from_env({"METRICS_ANOMALY_THRESHOLD": "2"})

@@ -14,7 +14,8 @@ from metrics.errors import ConfigError, ValidationError
 from metrics.settings import Settings
 from storage.anomalies import read_anomalies
 from storage.store import MetricStore
-from tasks.anomalies import AnomalyScorer, as_rate, sensitivity_threshold
+from tasks.anomalies import AnomalyScorer, sensitivity_threshold
+from tasks.anomaly_series import as_rate
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 STEP = timedelta(minutes=5)
@@ -32,7 +33,10 @@ def frame(
 
 @pytest.fixture
 def anomaly_settings(settings: Settings) -> Settings:
-    return replace(settings, anomaly_detector="zscore", train_min_points=300, score_warmup_hours=48.0)
+    # One series at a time here: groups scored together have their own tests (test_anomaly_groups.py).
+    return replace(
+        settings, anomaly_detector="zscore", train_min_points=300, score_warmup_hours=48.0, anomaly_group_tags=()
+    )
 
 
 def load(settings: Settings, *frames: pl.DataFrame) -> None:
