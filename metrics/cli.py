@@ -22,6 +22,7 @@ from rich.table import Table
 
 from metrics.cli_bench import bench_app
 from metrics.cli_collect import collect_app, keys_report_command
+from metrics.cli_forecast import forecast
 from metrics.cli_keys import keys_app
 from metrics.cli_models import anomalies, correlations, detect, eval_app, train
 from metrics.errors import MetricsError, ValidationError
@@ -45,6 +46,7 @@ app.command("detect")(detect)
 app.command("anomalies")(anomalies)
 app.command("correlations")(correlations)
 app.command("train")(train)
+app.command("forecast")(forecast)
 app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True)

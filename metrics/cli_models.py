@@ -33,7 +33,8 @@ def _check_detector(name: str, *, allow_all: bool = False) -> list[str]:
     return [name]
 
 
-def _progress(label: str) -> Progress:
+def progress_bar(label: str) -> Progress:
+    """A transient progress bar on stderr: label, bar, done of all, elapsed time."""
     return Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
     )
@@ -55,7 +56,7 @@ def detect(
     from metrics.detect_files import score_path
 
     _check_detector(detector)
-    with _progress(f"scoring with {detector}") as progress:
+    with progress_bar(f"scoring with {detector}") as progress:
         task = progress.add_task("score", total=None)
         done = score_path(
             input_path,
@@ -90,7 +91,7 @@ def eval_nab(
     names = _check_detector(detector, allow_all=True)
     reports = []
     for name in names:
-        with _progress(f"NAB with {name}") as progress:
+        with progress_bar(f"NAB with {name}") as progress:
             task = progress.add_task("nab", total=None)
 
             def advance(done: int, total: int, bar: Progress = progress, task_id: TaskID = task) -> None:
@@ -180,7 +181,7 @@ def train(
     from metrics.cli import open_store, settings
     from tasks.anomalies import AnomalyScorer
 
-    with open_store() as store, _progress("training") as progress:
+    with open_store() as store, progress_bar("training") as progress:
         task = progress.add_task("train", total=None)
         summary = AnomalyScorer(settings(), store).train(
             pattern or None, progress=lambda n, total: progress.update(task, completed=n, total=total)

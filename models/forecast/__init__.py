@@ -1,0 +1,1 @@
+"""Forecasting: seasonal statsmodels methods, chosen per series by backtest, with prediction intervals."""

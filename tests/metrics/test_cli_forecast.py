@@ -1,0 +1,85 @@
+"""``metrics forecast`` (one timestamp,value series, or many in M4's wide format) and ``metrics eval m4``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tests.metrics.conftest import Cli
+
+START = datetime(2026, 10, 1)
+
+
+def write_long(path: Path, rows: int = 24 * 20) -> Path:
+    t = np.arange(rows)
+    values = 50 + 10 * np.sin(2 * np.pi * t / 24) + np.random.default_rng(0).normal(0, 1, rows)
+    lines = ["timestamp,value"] + [f"{(START + timedelta(hours=i)).isoformat()},{v:.3f}" for i, v in enumerate(values)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_wide(path: Path, series: int = 3, rows: int = 24 * 15) -> Path:
+    t = np.arange(rows)
+    lines = ",".join(f'"V{i}"' for i in range(1, rows + 2))
+    body = [
+        ",".join([f'"H{s}"', *(f"{100 + 20 * np.sin(2 * np.pi * i / 24 + s):.2f}" for i in t)]) for s in range(series)
+    ]
+    body.append(",".join(['"H9"', "5", "6", "7"] + [""] * (rows - 3)))  # a short one, empty cells after
+    path.write_text("\n".join([lines, *body]) + "\n")
+    return path
+
+
+def test_forecast_of_one_series_continues_its_timestamps_with_intervals(cli: Cli, tmp_path: Path) -> None:
+    source = write_long(tmp_path / "series.csv")
+    result = cli("forecast", "--input", str(source), "--horizon", "24", "--output", str(tmp_path / "out.csv"))
+    assert result.code == 0, result.err
+    assert result.last_line == str(tmp_path / "out.csv")
+    frame = pl.read_csv(tmp_path / "out.csv", try_parse_dates=True)
+    assert frame.columns == ["timestamp", "yhat", "lower_80", "upper_80", "lower_95", "upper_95", "method"]
+    assert frame.height == 24
+    assert frame["timestamp"][0].replace(tzinfo=None) == START + timedelta(hours=24 * 20)
+    assert (frame["lower_95"] <= frame["yhat"]).all()
+    assert (frame["yhat"] <= frame["upper_95"]).all()
+    assert "forecast 1 series" in result.out
+
+
+def test_forecast_of_a_wide_file_writes_one_row_per_series(cli: Cli, tmp_path: Path) -> None:
+    source = write_wide(tmp_path / "wide.csv")
+    output = tmp_path / "f.csv"
+    result = cli("forecast", "--input", str(source), "--horizon", "48", "--season", "24", "--output", str(output))
+    assert result.code == 0, result.err
+    frame = pl.read_csv(output)
+    assert frame.columns == ["id", *[f"F{i}" for i in range(1, 49)]]
+    assert frame["id"].to_list() == ["H0", "H1", "H2", "H9"]
+    expected = 100 + 20 * np.sin(2 * np.pi * np.arange(24 * 15, 24 * 15 + 48) / 24)
+    np.testing.assert_allclose(frame.row(0)[1:], expected, atol=1.0)
+    assert frame.row(3)[1:] == tuple([7.0] * 48)  # too short to backtest: its last value
+
+
+def test_bad_input_is_an_error_not_a_traceback(cli: Cli, tmp_path: Path) -> None:
+    missing = cli("forecast", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv"))
+    assert missing.code == 1
+    assert "Error: --input" in missing.err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,value\n2026-01-01T00:00:00,abc\n")
+    result = cli("forecast", "--input", str(bad), "--output", str(tmp_path / "o.csv"))
+    assert result.code == 1
+    assert "is not a number" in result.err
+    zero = cli("forecast", "--input", str(bad), "--output", str(tmp_path / "o.csv"), "--horizon", "0")
+    assert "--horizon" in zero.err
+
+
+def test_eval_m4_prints_owa_against_naive2(cli: Cli, tmp_path: Path) -> None:
+    source = write_wide(tmp_path / "wide.csv", series=2)
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join(lines[:3]) + "\n")  # drop the short series: nothing to backtest on
+    result = cli("eval", "m4", "--data", str(source), "--horizon", "24", "--workers", "1")
+    assert result.code == 0, result.err
+    figures = json.loads(result.last_line)
+    assert figures["series"] == 2
+    assert {"smape", "mase", "owa", "naive2_smape", "coverage_95", "seconds"} <= set(figures)
+    assert "Naive2" in result.out
