@@ -7,7 +7,10 @@ score with its ``normal`` cost, which is that log-likelihood ratio. A level
 shift, a frozen sensor or a change of variance makes it rise as soon as half
 a window of the new regime has arrived; ``log(1 + gain)`` is calibrated into
 an anomaly likelihood like every other detector's raw score. The cost is
-scale-free, so a smooth daily cycle also produces gains: alone the detector
+scale-free, so a smooth daily cycle would also produce gains: the series is
+split less its daily / weekly pattern (:class:`models.seasonal.SeasonalAdjuster`,
+fitted on the rows before each refit moment), so the rise and fall of a
+regular day is not taken for a change of level. Alone the detector still
 raises more false alarms than the others, which the ensemble's median absorbs.
 
 ``ruptures`` (a maintained library) does the segmentation maths; the detector
@@ -28,6 +31,7 @@ import ruptures as rpt
 
 from models.base import Detector, Series, spacing_seconds
 from models.calibration import AnomalyLikelihood
+from models.seasonal import SeasonalAdjuster
 
 MIN_WIDTH = 8  # rows: a Gaussian per half needs a few points
 
@@ -58,11 +62,15 @@ class ChangePoint(Detector):
     Args:
         hold_seconds: quiet time after a detection.
         width_seconds: the window split in two at each row (default two hours; at least 8 rows).
+        deseasonalise: split the series less its daily / weekly pattern (:class:`models.seasonal.SeasonalAdjuster`),
+            so the rise and fall of a daily cycle is not taken for a change of level.
     """
 
     name: ClassVar[str] = "changepoint"
     width_seconds: float = 2 * 3600.0
+    deseasonalise: bool = True
     width_: int | None = field(init=False, repr=False)
+    adjuster_: SeasonalAdjuster = field(init=False, repr=False)
     tail_: np.ndarray = field(init=False, repr=False)
     likelihood_: AnomalyLikelihood = field(init=False, repr=False)
 
@@ -73,12 +81,13 @@ class ChangePoint(Detector):
     def _reset(self) -> None:
         self.width_ = None
         self.tail_ = np.zeros(0)
+        self.adjuster_ = SeasonalAdjuster()
         self.likelihood_ = AnomalyLikelihood()
 
     def _calibrated(self, series: Series) -> np.ndarray:
         if self.width_ is None:  # fixed from the first rows seen, so later calls agree with one long call
             self.width_ = max(MIN_WIDTH, 2 * round(self.width_seconds / spacing_seconds(series.ts) / 2))
-        values = series.values
+        values = self.adjuster_.adjust(series.ts, series.values) if self.deseasonalise else series.values
         present = ~np.isnan(values)
         known = len(self.tail_)
         joined = np.concatenate((self.tail_, values[present]))

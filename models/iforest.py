@@ -4,9 +4,14 @@ Each row is described by its value, its change from the row before, and the
 mean and standard deviation of the ``feature_seconds`` ending at it. A forest
 is trained on the features of the last ``train_points`` rows once that many
 have been seen, and again every ``refit_seconds``; rows are scored by the
-forest trained before them. The raw score is how far a row's anomaly score
-lies above the training rows' median, in units of their median absolute
-deviation, calibrated into an anomaly likelihood.
+forest trained before them. The raw score is the row's surprise against the
+training rows' own anomaly scores: ``−log`` of the empirical tail probability
+(the share of training rows at least as anomalous), which no heavy tail of
+the forest's scores can stretch, plus — beyond the most anomalous training
+row — the distance past it in units of the training scores' median absolute
+deviation, so a spike unlike anything seen keeps rising instead of stopping
+at the tail probability of the rarest training row. That raw score is
+calibrated into an anomaly likelihood.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ def window_features(ts: np.ndarray, values: np.ndarray, feature_seconds: float) 
 
 @dataclass
 class Forest:
-    """A trained forest with the standardisation of its training rows and the spread of their scores."""
+    """A trained forest with the standardisation of its training rows, their scores (sorted) and the scores' spread."""
 
     model: IsolationForest
     centre: np.ndarray
     scale: np.ndarray
-    median: float
+    training: np.ndarray
     spread: float
 
     @classmethod
@@ -54,15 +59,17 @@ class Forest:
         standard = (features - centre) / scale
         model = IsolationForest(n_estimators=trees, max_samples=min(256, len(features)), random_state=seed)
         model.fit(standard)
-        scores = -model.score_samples(standard)
-        median = float(np.median(scores))
-        spread = float(np.median(np.abs(scores - median)) * MAD_TO_SIGMA) or 1e-6
-        return cls(model, centre, scale, median, spread)
+        scores = np.sort(-model.score_samples(standard))
+        spread = float(np.median(np.abs(scores - np.median(scores))) * MAD_TO_SIGMA) or 1e-6
+        return cls(model, centre, scale, scores, spread)
 
     def surprise(self, features: np.ndarray) -> np.ndarray:
-        """How far each row's anomaly score lies above the training median, in robust standard deviations."""
+        """``−log`` of each row's empirical tail probability among the training scores, rising on past the highest."""
         scores = -self.model.score_samples((features - self.centre) / self.scale)
-        return np.log1p(np.maximum((scores - self.median) / self.spread, 0.0))  # a lighter tail to calibrate
+        count = len(self.training)
+        as_anomalous = count - np.searchsorted(self.training, scores, side="left")  # training rows scoring >= it
+        beyond = np.maximum((scores - self.training[-1]) / self.spread, 0.0)
+        return -np.log((as_anomalous + 1) / (count + 1)) + beyond
 
 
 @dataclass

@@ -106,6 +106,74 @@ def fit_pattern(
 
 
 @dataclass
+class SeasonalAdjuster:
+    """Streaming removal of the daily / weekly pattern: each row minus the pattern fitted on the rows before it.
+
+    The pattern is fitted like :class:`SeasonalDecomposition`'s (:func:`fit_pattern` on the history before
+    each refit moment: every ``refit_seconds``, weekly once a weekly period is found); until a period is
+    found it is flat and rows pass unchanged.
+
+    Args:
+        bins_per_day: resolution of the decomposition (24: hourly means).
+        refit_seconds: how often the pattern is fitted again from the history before.
+        history_days: days of history a fit uses.
+        min_autocorrelation: a period counts when the autocorrelation at its lag reaches this.
+    """
+
+    bins_per_day: int = 24
+    refit_seconds: float = 86_400.0
+    history_days: int = 28
+    min_autocorrelation: float = 0.3
+    ts_: np.ndarray = field(init=False, repr=False)
+    values_: np.ndarray = field(init=False, repr=False)
+    pattern_: Pattern = field(init=False, repr=False)
+    next_fit_: int | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the history and the pattern."""
+        self.ts_, self.values_ = np.zeros(0, dtype=np.int64), np.zeros(0)
+        self.pattern_ = Pattern(DAY_US // self.bins_per_day, np.zeros(1))
+        self.next_fit_ = None
+
+    def adjust(self, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The values less the pattern expected at their times (NaN stays NaN); the rows join the history."""
+        adjusted = np.array(values, dtype=float)
+        if len(ts) == 0:
+            return adjusted
+        refit_us = int(self.refit_seconds * US_PER_SECOND)
+        if self.next_fit_ is None:
+            self.next_fit_ = int(ts[0]) + refit_us
+        start = 0
+        while start < len(ts):
+            end = int(np.searchsorted(ts, self.next_fit_, side="left"))
+            if end > start:
+                adjusted[start:end] -= self.pattern_.at(ts[start:end])
+                self._learn(ts[start:end], values[start:end])
+                start = end
+            if start < len(ts):
+                self.pattern_ = fit_pattern(
+                    self.ts_,
+                    self.values_,
+                    bins_per_day=self.bins_per_day,
+                    min_autocorrelation=self.min_autocorrelation,
+                    max_days=self.history_days,
+                )
+                step = max(refit_us, WEEK_US) if len(self.pattern_.periods) > 1 else refit_us
+                while self.next_fit_ <= ts[start]:
+                    self.next_fit_ += step
+        return adjusted
+
+    def _learn(self, ts: np.ndarray, values: np.ndarray) -> None:
+        """Add rows to the history, keeping the ``history_days`` before the latest."""
+        all_ts, all_values = np.concatenate((self.ts_, ts)), np.concatenate((self.values_, values))
+        first = int(np.searchsorted(all_ts, all_ts[-1] - self.history_days * DAY_US, side="left"))
+        self.ts_, self.values_ = all_ts[first:], all_values[first:]
+
+
+@dataclass
 class SeasonalDecomposition(Detector):
     """Residual of a daily / weekly STL (MSTL) decomposition, scored against recent residuals.
 
@@ -127,8 +195,7 @@ class SeasonalDecomposition(Detector):
     level_seconds: float = 3 * 3600.0
     window_seconds: float = 86_400.0
     history_: pd.DataFrame = field(init=False, repr=False)
-    pattern_: Pattern = field(init=False, repr=False)
-    next_fit_: int | None = field(init=False, repr=False)
+    adjuster_: SeasonalAdjuster = field(init=False, repr=False)
     likelihood_: AnomalyLikelihood = field(init=False, repr=False)
 
     def validate(self) -> None:
@@ -146,42 +213,21 @@ class SeasonalDecomposition(Detector):
 
     def _reset(self) -> None:
         empty = np.zeros(0)
-        self.history_ = pd.DataFrame(
-            {"ts": np.zeros(0, dtype=np.int64), "value": empty, "adjusted": empty, "residual": empty}
+        self.history_ = pd.DataFrame({"ts": np.zeros(0, dtype=np.int64), "adjusted": empty, "residual": empty})
+        self.adjuster_ = SeasonalAdjuster(
+            bins_per_day=self.bins_per_day,
+            refit_seconds=self.refit_seconds,
+            history_days=self.history_days,
+            min_autocorrelation=self.min_autocorrelation,
         )
-        self.pattern_ = Pattern(DAY_US // self.bins_per_day, np.zeros(1))
-        self.next_fit_ = None
         self.likelihood_ = AnomalyLikelihood()
 
     def _calibrated(self, series: Series) -> np.ndarray:
-        raw = np.zeros(len(series))
-        refit_us = int(self.refit_seconds * US_PER_SECOND)
-        if self.next_fit_ is None:
-            self.next_fit_ = int(series.ts[0]) + refit_us
-        start = 0
-        while start < len(series):
-            # Rows up to the next refit moment use the pattern in force; then the pattern is refitted.
-            end = int(np.searchsorted(series.ts, self.next_fit_, side="left"))
-            if end > start:
-                raw[start:end] = self._residual_z(series.ts[start:end], series.values[start:end])
-                start = end
-            if start < len(series):
-                history = self.history_
-                self.pattern_ = fit_pattern(
-                    history["ts"].to_numpy(),
-                    history["value"].to_numpy(),
-                    bins_per_day=self.bins_per_day,
-                    min_autocorrelation=self.min_autocorrelation,
-                    max_days=self.history_days,
-                )
-                # A weekly pattern (MSTL, the slow fit) is refitted weekly; a daily one every refit_seconds.
-                step = max(refit_us, WEEK_US) if len(self.pattern_.periods) > 1 else refit_us
-                while self.next_fit_ <= series.ts[start]:
-                    self.next_fit_ += step
-        return self.likelihood_.transform(raw)
+        adjusted = self.adjuster_.adjust(series.ts, series.values)  # each row less the pattern fitted before it
+        return self.likelihood_.transform(self._residual_z(series.ts, adjusted))
 
-    def _residual_z(self, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Residual z-scores of rows scored with the current pattern; they join the history."""
+    def _residual_z(self, ts: np.ndarray, adjusted_new: np.ndarray) -> np.ndarray:
+        """Residual z-scores of rows (``adjusted_new``: their de-seasonalised values); they join the history."""
         history = self.history_
         look_back = int(max(self.level_seconds, self.window_seconds) * US_PER_SECOND)
         # Only the rows a look-back can reach take part in the rolling statistics.
@@ -189,7 +235,7 @@ class SeasonalDecomposition(Detector):
         recent = history.iloc[first:]
         known = len(recent)
         all_ts = np.concatenate((recent["ts"].to_numpy(), ts))
-        adjusted = np.concatenate((recent["adjusted"].to_numpy(), values - self.pattern_.at(ts)))
+        adjusted = np.concatenate((recent["adjusted"].to_numpy(), adjusted_new))
         index = pd.to_datetime(all_ts, unit="us")
         level = (
             pd.Series(adjusted, index=index)
@@ -203,8 +249,8 @@ class SeasonalDecomposition(Detector):
         z = np.zeros(len(all_ts))
         if present.any():
             z[present] = robust_z(all_ts[present], residual[present], self.window_seconds, 20)
-        added = pd.DataFrame({"ts": ts, "value": values, "adjusted": adjusted[known:], "residual": residual[known:]})
+        added = pd.DataFrame({"ts": ts, "adjusted": adjusted[known:], "residual": residual[known:]})
         combined = pd.concat([history, added], ignore_index=True) if len(history) else added
-        keep_from = ts[-1] - max(self.history_days * DAY_US, 2 * look_back)
+        keep_from = ts[-1] - 2 * look_back  # the pattern's own history is the adjuster's
         self.history_ = combined.iloc[int(np.searchsorted(combined["ts"].to_numpy(), keep_from, side="left")) :]
         return z[known:]
