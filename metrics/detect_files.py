@@ -123,7 +123,12 @@ def score_path(
     if output.exists() and not output.is_dir():
         raise ValidationError(f"--output: {output} is a file; a folder input needs an output folder")
     jobs = [(path, output / path.relative_to(source), detector, params or {}) for path in files]
-    return parallel_map(_score_job, jobs, workers, progress)
+    return parallel_map(_score_job, jobs, workers, progress, cost=_file_size)
+
+
+def _file_size(job: tuple[Any, ...]) -> float:
+    """A file job's cost estimate: its size (rows cost alike)."""
+    return float(job[0].stat().st_size)
 
 
 def load_windows(path: Path) -> dict[str, list[tuple[str, str]]]:
@@ -185,7 +190,7 @@ def evaluate_nab(
         raise ValidationError(f"--data: {data / missing[0]} does not exist (named in {windows_file})")
     jobs = [(data / name, name, pairs, detector, params or {}) for name, pairs in sorted(windows.items())]
     started = time.perf_counter()
-    files = parallel_map(_labelled_job, jobs, workers, progress)
+    files = parallel_map(_labelled_job, jobs, workers, progress, cost=_file_size)
     seconds = time.perf_counter() - started
     results = {profile.name: evaluate(files, profile) for profile in PROFILES}
     return NabReport(detector, len(files), sum(len(f.scores) for f in files), seconds, results)

@@ -26,17 +26,23 @@ def parallel_map(
     jobs: Sequence[Any],
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cost: Callable[[Any], float] | None = None,
 ) -> list[T]:
-    """``function`` over ``jobs`` in processes (in order), reporting (done, all) after each."""
-    results: list[T] = []
+    """``function`` over ``jobs`` in processes, results in the jobs' order, reporting (done, all) after each.
+
+    With ``cost`` (an estimate per job), the costliest jobs start first, so no worker is left with
+    a long one at the end while the others idle.
+    """
+    order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i])) if cost else list(range(len(jobs)))
+    results: dict[int, T] = {}
     count = workers_for(len(jobs), workers)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=count, mp_context=context) if count > 1 else _InProcess() as pool:
-        for result in pool.map(function, jobs):
-            results.append(result)
+        for index, result in zip(order, pool.map(function, [jobs[i] for i in order]), strict=True):
+            results[index] = result
             if progress is not None:
                 progress(len(results), len(jobs))
-    return results
+    return [results[i] for i in range(len(jobs))]
 
 
 class _InProcess:

@@ -13,21 +13,22 @@ fitted on the rows before each refit moment), so the rise and fall of a
 regular day is not taken for a change of level. Alone the detector still
 raises more false alarms than the others, which the ensemble's median absorbs.
 
-``ruptures`` (a maintained library) does the segmentation maths; the detector
-only feeds it the recent rows and reads the gain at the window that ends at
-each new row, so a row's score never sees a later one. On this machine
-``ruptures.Window`` takes about 45 µs per row with the ``normal`` cost
-(0.18 s for 4,000 rows).
+The gain is ``ruptures``' (a maintained library): ``Window`` with the
+``normal`` cost, ``n·log(var)`` of the whole window less that of each half.
+``ruptures`` computes it in a Python loop, three cost calls per row (85 µs a
+row here: 1.9 s of the ensemble's 3.4 s on a 22,700-row NAB file); the
+detector computes the same gains for all windows at once with numpy (about
+1 µs a row), and a test holds them equal to ``ruptures.Window``'s. Only the
+window ending at each new row is read, so a row's score never sees a later one.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-import ruptures as rpt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from models.base import Detector, Series, spacing_seconds
 from models.calibration import AnomalyLikelihood
@@ -36,22 +37,25 @@ from models.seasonal import SeasonalAdjuster
 MIN_WIDTH = 8  # rows: a Gaussian per half needs a few points
 
 
-def split_gains(values: np.ndarray, width: int, model: str) -> np.ndarray:
+def split_gains(values: np.ndarray, width: int) -> np.ndarray:
     """Per row, the gain of splitting the ``width`` rows ending there at their middle (0 before a full window).
 
-    ``model`` is the ruptures cost: ``l2`` (a shift of the mean) or ``normal`` (of mean and variance).
+    The gain of ``ruptures.Window(model="normal")``: ``n·log(var + 1e-6)`` of the whole window less
+    that of each half (a test holds the two equal), computed for every window at once. An odd
+    ``width`` counts as the even number below it, as in ruptures.
     """
     gains = np.zeros(len(values))
-    if len(values) < width:
+    half = width // 2
+    if half < 1 or len(values) < 2 * half:
         return gains
-    # ruptures scores the windows ending before the last row; a repeated last value adds the one ending at it.
-    padded = np.append(values, values[-1])
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        # score[j] is the gain of splitting padded[j : j + width] at its middle: the window ending at j + width - 1.
-        score = rpt.Window(width=width, model=model, jump=1, min_size=2).fit(padded).score
-    score = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0, posinf=0.0)[: len(values) - width + 1]
-    gains[width - 1 : width - 1 + len(score)] = score
+    # As in ruptures: the window ending at a row is the row and the 2·half − 1 before it, halves of ``half``.
+    windows = sliding_window_view(np.asarray(values, dtype=float), 2 * half)
+    with np.errstate(all="ignore"):
+        whole = np.log(windows.var(axis=1) + 1e-6)
+        left = np.log(windows[:, :half].var(axis=1) + 1e-6)
+        right = np.log(windows[:, half:].var(axis=1) + 1e-6)
+    score = np.nan_to_num(half * (2 * whole - left - right), nan=0.0, posinf=0.0)
+    gains[2 * half - 1 :] = score
     return np.maximum(gains, 0.0)
 
 
@@ -91,7 +95,7 @@ class ChangePoint(Detector):
         present = ~np.isnan(values)
         known = len(self.tail_)
         joined = np.concatenate((self.tail_, values[present]))
-        gains = split_gains(joined, self.width_, "normal")[known:]
+        gains = split_gains(joined, self.width_)[known:]
         raw = np.zeros(len(values))
         raw[present] = np.log1p(gains)
         self.tail_ = joined[-(self.width_ - 1) :]

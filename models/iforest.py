@@ -63,9 +63,13 @@ class Forest:
         spread = float(np.median(np.abs(scores - np.median(scores))) * MAD_TO_SIGMA) or 1e-6
         return cls(model, centre, scale, scores, spread)
 
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """The forest's anomaly score of each row (higher: easier to isolate)."""
+        return np.asarray(-self.model.score_samples((features - self.centre) / self.scale))
+
     def surprise(self, features: np.ndarray) -> np.ndarray:
         """``−log`` of each row's empirical tail probability among the training scores, rising on past the highest."""
-        scores = -self.model.score_samples((features - self.centre) / self.scale)
+        scores = self.scores(features)
         count = len(self.training)
         as_anomalous = count - np.searchsorted(self.training, scores, side="left")  # training rows scoring >= it
         beyond = np.maximum((scores - self.training[-1]) / self.spread, 0.0)

@@ -222,7 +222,7 @@ class JointForest:
                 self._train(int(ts[start]))
             end = self._segment_end(ts, start)
             if self.forest_ is not None:
-                raw[start:end] = self.forest_.surprise(self._rotated(features[start:end]))
+                raw[start:end] = self._excess(self._rotated(features[start:end]))
                 judged[start:end] = True
                 blamed[start:end] = self._culprits(features[start:end])
             self._learn(features[start:end])
@@ -256,6 +256,16 @@ class JointForest:
     def _learn(self, features: np.ndarray) -> None:
         known = self.features_ if len(self.features_) else np.zeros((0, features.shape[1]))
         self.features_ = np.vstack((known, features))[-self.train_points :]
+
+    def _excess(self, rotated: np.ndarray) -> np.ndarray:
+        """How far each row's forest score lies above the training rows' median, in robust units (log-damped).
+
+        Not the one-series forest's tail probability: over whitened axes a row at a daily extreme is often
+        the rarest training row seen, and a rank-based surprise there makes every such peak an alarm.
+        """
+        assert self.forest_ is not None
+        excess = (self.forest_.scores(rotated) - float(np.median(self.forest_.training))) / self.forest_.spread
+        return np.log1p(np.maximum(excess, 0.0))
 
     def _rotated(self, features: np.ndarray) -> np.ndarray:
         """Features standardised and turned onto the training rows' whitened principal axes."""

@@ -20,7 +20,9 @@ stands out here while a plain z-score sees nothing unusual in the values.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -64,10 +66,37 @@ class Pattern:
         return self.values[phase]
 
 
+# The patterns fitted last, by their inputs: in the ensemble the seasonal and change-point detectors fit
+# the same history at the same moments (one after the other over a whole batch: a year of daily refits),
+# and STL/MSTL is most of their cost. A pattern is a few hundred floats.
+_RECENT_PATTERNS: OrderedDict[bytes, Pattern] = OrderedDict()
+RECENT_PATTERNS_KEPT = 512
+
+
 def fit_pattern(
     ts: np.ndarray, values: np.ndarray, *, bins_per_day: int, min_autocorrelation: float, max_days: int
 ) -> Pattern:
     """The daily/weekly pattern of a history (bin means decomposed with STL or MSTL); flat when none is found."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (np.ascontiguousarray(ts), np.ascontiguousarray(values)):
+        digest.update(part.tobytes())
+    digest.update(repr((bins_per_day, min_autocorrelation, max_days)).encode())
+    key = digest.digest()
+    if key in _RECENT_PATTERNS:
+        _RECENT_PATTERNS.move_to_end(key)
+        return _RECENT_PATTERNS[key]
+    pattern = _fit_pattern(
+        ts, values, bins_per_day=bins_per_day, min_autocorrelation=min_autocorrelation, max_days=max_days
+    )
+    _RECENT_PATTERNS[key] = pattern
+    while len(_RECENT_PATTERNS) > RECENT_PATTERNS_KEPT:
+        _RECENT_PATTERNS.popitem(last=False)
+    return pattern
+
+
+def _fit_pattern(
+    ts: np.ndarray, values: np.ndarray, *, bins_per_day: int, min_autocorrelation: float, max_days: int
+) -> Pattern:
     bin_us = DAY_US // bins_per_day
     flat = Pattern(bin_us, np.zeros(1))
     if len(ts) < 2:
