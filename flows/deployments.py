@@ -106,6 +106,13 @@ JOBS: tuple[Job, ...] = (
         "Fit an anomaly model per series with enough history and store it in the model registry.",
     ),
     Job(
+        "forecast-capacity",
+        "flows/forecast_capacity.py:forecast_capacity",
+        "forecast_interval",
+        "monitoring",
+        "Forecast the configured gauges hourly into the forecasts table; capacity risks and forecast.* gauges.",
+    ),
+    Job(
         "compact-lake",
         "flows/compact.py:compact_lake",
         "compact_interval",

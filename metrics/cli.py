@@ -22,7 +22,7 @@ from rich.table import Table
 
 from metrics.cli_bench import bench_app
 from metrics.cli_collect import collect_app, keys_report_command
-from metrics.cli_forecast import forecast
+from metrics.cli_forecast import capacity, forecast
 from metrics.cli_keys import keys_app
 from metrics.cli_models import anomalies, correlations, detect, eval_app, train
 from metrics.errors import MetricsError, ValidationError
@@ -47,6 +47,7 @@ app.command("anomalies")(anomalies)
 app.command("correlations")(correlations)
 app.command("train")(train)
 app.command("forecast")(forecast)
+app.command("capacity")(capacity)
 app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True)

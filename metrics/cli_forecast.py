@@ -84,3 +84,32 @@ def eval_m4(
             markup=False,
         )
     print(json.dumps(figures))
+
+
+def capacity(
+    pattern: Annotated[list[str] | None, typer.Option(help="Forecast only metrics of these globs.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Capacity risks now: per gauge with a limit, days until its trend reaches it (80 % interval), breach odds.
+
+    Forecasts the configured series (forecast.metrics) as the forecast-capacity flow does, without writing.
+
+    Example: metrics capacity --pattern 'system.disk.*'
+    """
+    import polars as pl
+
+    from metrics.cli import emit, open_store, settings
+    from tasks.forecasts import CapacityPlanner
+
+    with open_store() as store, progress_bar("forecasting") as progress:
+        task = progress.add_task("forecast", total=None)
+        summary = CapacityPlanner(settings(), store).run(
+            pattern or None, write=False, progress=lambda n, total: progress.update(task, completed=n, total=total)
+        )
+    columns = ("metric", "tags", "level", "limit", "days", "days_80_low", "days_80_high", "breach_probability")
+    schema = {name: pl.String if name in ("metric", "tags") else pl.Float64 for name in columns}
+    rows = [{name: risk.to_dict()[name] for name in columns} for risk in summary.risks]
+    emit(pl.DataFrame(rows, schema=schema), fmt)
+    if fmt == "table":
+        for risk in summary.risks[:5]:
+            out.print(risk.summary, markup=False)

@@ -92,6 +92,11 @@ ENV_NAMES = {
     "model_keep": "METRICS_MODEL_KEEP",
     "anomaly_group_tags": "METRICS_ANOMALY_GROUP_TAGS",
     "train_workers": "METRICS_TRAIN_WORKERS",
+    "forecast_interval": "METRICS_FORECAST_INTERVAL",
+    "forecast_metrics": "METRICS_FORECAST_METRICS",
+    "forecast_horizon": "METRICS_FORECAST_HORIZON",
+    "forecast_history_days": "METRICS_FORECAST_HISTORY_DAYS",
+    "forecast_max_series": "METRICS_FORECAST_MAX_SERIES",
 }
 # A health target's fields (the spec's MonitoringTarget): name -> (accepted JSON types, required).
 HEALTH_TARGET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -312,7 +317,12 @@ class Settings:
     train_min_points: int = 500
     model_keep: int = 3
     anomaly_group_tags: tuple[str, ...] = ("host", "key_id")  # series sharing one are also scored together
-    train_workers: int = 0  # processes fitting models; 0: one per core
+    train_workers: int = 0  # processes fitting models (anomaly training, forecasts); 0: one per core
+    forecast_interval: float = 3600.0
+    forecast_metrics: tuple[str, ...] = ("system.*", "crypto.key.days_since_rotation")  # globs forecast hourly
+    forecast_horizon: int = 48  # hours ahead
+    forecast_history_days: int = 14  # history a forecast is fitted on
+    forecast_max_series: int = 500  # per run, most recently active first
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -433,6 +443,19 @@ class Settings:
             "model_keep": _int(env, "METRICS_MODEL_KEEP", base["model_keep"], minimum=1, maximum=1000),
             "anomaly_group_tags": _list(env, "METRICS_ANOMALY_GROUP_TAGS", base["anomaly_group_tags"]),
             "train_workers": _int(env, "METRICS_TRAIN_WORKERS", base["train_workers"], minimum=0, maximum=256),
+            "forecast_interval": _float(
+                env, "METRICS_FORECAST_INTERVAL", base["forecast_interval"], minimum=1.0, maximum=366 * 86_400.0
+            ),
+            "forecast_metrics": _list(env, "METRICS_FORECAST_METRICS", base["forecast_metrics"]),
+            "forecast_horizon": _int(
+                env, "METRICS_FORECAST_HORIZON", base["forecast_horizon"], minimum=1, maximum=8784
+            ),
+            "forecast_history_days": _int(
+                env, "METRICS_FORECAST_HISTORY_DAYS", base["forecast_history_days"], minimum=1, maximum=3650
+            ),
+            "forecast_max_series": _int(
+                env, "METRICS_FORECAST_MAX_SERIES", base["forecast_max_series"], minimum=1, maximum=1_000_000
+            ),
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -512,6 +535,7 @@ class Settings:
             "key_forbidden_algorithms",
             "anomaly_metrics",
             "anomaly_group_tags",
+            "forecast_metrics",
         ):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
@@ -546,12 +570,15 @@ class Settings:
             ("train_min_points", 10, 10_000_000),
             ("model_keep", 1, 1000),
             ("train_workers", 0, 256),
+            ("forecast_horizon", 1, 8784),
+            ("forecast_history_days", 1, 3650),
+            ("forecast_max_series", 1, 1_000_000),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{_label(name)}={value!r} is not a whole number")
             _check_range(self, name, low, high)
-        for name in ("anomaly_interval", "train_interval"):
+        for name in ("anomaly_interval", "train_interval", "forecast_interval"):
             _check_range(self, name, 1, 366 * 86_400)
         _check_range(self, "score_warmup_hours", 1, 24 * 365)
 
@@ -640,6 +667,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "jwt_public_key": ("jwt_public_key", (str, type(None))),
         "compact_interval": ("compact_interval", (int, float)),
         "train_interval": ("train_interval", (int, float)),
+        "forecast_interval": ("forecast_interval", (int, float)),
         "anomaly_interval": ("anomaly_interval", (int, float)),
         "retention_interval": ("retention_interval", (int, float)),
         "backup_interval": ("backup_interval", (int, float)),
@@ -691,6 +719,12 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "model_keep": ("model_keep", int),
         "group_tags": ("anomaly_group_tags", list),
         "train_workers": ("train_workers", int),
+    },
+    "forecast": {
+        "metrics": ("forecast_metrics", list),
+        "horizon": ("forecast_horizon", int),
+        "history_days": ("forecast_history_days", int),
+        "max_series": ("forecast_max_series", int),
     },
     "key_policy": {
         "max_rotation_days": ("key_max_rotation_days", int),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from tests.metrics.conftest import Cli
 
@@ -83,3 +84,22 @@ def test_eval_m4_prints_owa_against_naive2(cli: Cli, tmp_path: Path) -> None:
     assert figures["series"] == 2
     assert {"smape", "mase", "owa", "naive2_smape", "coverage_95", "seconds"} <= set(figures)
     assert "Naive2" in result.out
+
+
+def test_capacity_lists_the_risks_without_writing(cli: Cli, tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    rows = 7 * 24
+    values = 60 + 2 * np.arange(rows) / 24 + np.random.default_rng(0).normal(0, 0.2, rows)  # 2 % a day
+    stamps = [(now - timedelta(hours=rows - i)).isoformat() for i in range(rows)]
+    source = tmp_path / "disk.csv"
+    frame = pl.DataFrame({"ts": stamps, "metric": "system.disk.usage_percent", "value": values, "host": "h1"})
+    frame.with_columns(pl.lit("gauge").alias("type")).write_csv(source)
+    loaded = cli("ingest", str(source))
+    assert loaded.code == 0, loaded.err
+    result = cli("capacity", "--format", "json")
+    assert result.code == 0, result.err
+    (risk,) = json.loads(result.last_line)
+    assert risk["metric"] == "system.disk.usage_percent"
+    assert risk["days"] == pytest.approx((100 - values[-1]) / 2, abs=1.0)
+    written = cli("sql", "SELECT count(*) AS n FROM samples WHERE metric LIKE 'forecast.%'", "--format", "json")
+    assert json.loads(written.last_line)[0]["n"] == 0
