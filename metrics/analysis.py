@@ -5,12 +5,15 @@
 whatever arrived since the last scoring run, so the answer is up to date
 without the flow. ``find_correlations`` resamples the primary metric and every
 series matching the secondary patterns over the window and correlates them
-(:mod:`models.correlation`).
+(:mod:`models.correlation`). ``forecast`` returns the newest forecasts of a
+pattern's series (the ``forecast-capacity`` flow writes them); with
+``refresh`` it forecasts them now first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -21,10 +24,12 @@ from metrics.errors import ValidationError
 from metrics.settings import Settings
 from models.correlation import Correlation, correlate
 from storage.anomalies import read_anomalies
+from storage.forecasts import latest_forecasts
 from storage.query import interval_seconds
 from storage.store import MetricStore
 from tasks.anomalies import AnomalyScorer, sensitivity_threshold
 from tasks.anomaly_series import load_series
+from tasks.forecasts import CapacityPlanner
 
 MAX_WINDOW_HOURS = 24 * 90
 MAX_CORRELATED_SERIES = 1000
@@ -68,6 +73,39 @@ def detect_anomalies(
     if refresh:
         AnomalyScorer(settings, store).score([metric_pattern], now=end)
     return read_anomalies(store, metric_pattern, start, end, threshold)
+
+
+MAX_HORIZON_HOURS = 24 * 366
+
+
+def forecast(
+    settings: Settings,
+    store: MetricStore,
+    metric_pattern: str = "*",
+    horizon: int = 48,
+    *,
+    refresh: bool = False,
+    now: datetime | None = None,
+) -> pl.DataFrame:
+    """The newest forecast of every series matching a glob, its first ``horizon`` hours.
+
+    Args:
+        settings: the data directory and the forecast settings.
+        store: the lake.
+        metric_pattern: glob over metric names.
+        horizon: hours ahead (a refresh forecasts this far; a read returns at most this far).
+        refresh: forecast the matching series now (writes the ``forecasts`` table and ``forecast.*`` gauges).
+        now: the moment forecast from, with ``refresh`` (default now).
+
+    Returns:
+        Columns ``metric, series_id, tags, ts, yhat, lower_80, upper_80, lower_95, upper_95, model, created_at``.
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= MAX_HORIZON_HOURS:
+        raise ValidationError(f"horizon: {horizon!r} must be a whole number of hours from 1 to {MAX_HORIZON_HOURS}")
+    if refresh:
+        CapacityPlanner(replace(settings, forecast_horizon=horizon), store).run([metric_pattern], now=now)
+    found = latest_forecasts(store, metric_pattern)
+    return found.filter(pl.int_range(pl.len()).over("series_id") < horizon)
 
 
 def resampled(store: MetricStore, pattern: str, start: datetime, end: datetime, step: int) -> dict[str, pd.Series]:

@@ -150,6 +150,15 @@ class MetricsSystem:
             detect_anomalies, self.settings, self.store, metric_pattern, sensitivity, window_hours, refresh=True
         )
 
+    async def forecast(self, metric_pattern: str = "*", horizon: int = 48) -> pl.DataFrame:
+        """Forecasts of the series matching a glob, ``horizon`` hours ahead, with 80 % and 95 % intervals.
+
+        The series are forecast now (and the ``forecasts`` table and ``forecast.*`` gauges written).
+        """
+        from metrics.analysis import forecast
+
+        return await asyncio.to_thread(forecast, self.settings, self.store, metric_pattern, horizon, refresh=True)
+
     async def find_correlations(
         self,
         primary_metric: str,

@@ -355,3 +355,29 @@ def test_overrides_and_explicit_settings(tmp_path: Path, data_dir: Path) -> None
     assert get_metrics_system("lake").settings.data_dir == data_dir
     assert get_metrics_system("lake", data_dir=other).settings.data_dir == other
     assert get_metrics_system("lake").settings.flush_seconds == 3600.0
+
+
+def test_forecast_of_a_pattern(data_dir: Path) -> None:
+    async def main() -> pl.DataFrame:
+        metrics = get_metrics_system(storage="lake", train_workers=1)
+        await metrics.start()
+        try:
+            now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            points = [
+                MetricDataPoint(
+                    metric_id="app.queue_depth",
+                    value=10.0 + hour % 24,
+                    timestamp=now - timedelta(hours=72 - hour),
+                    tags={"host": "h1"},
+                )
+                for hour in range(72)
+            ]
+            await metrics.collect_metrics(points)
+            return await metrics.forecast("app.queue_depth", horizon=6)
+        finally:
+            await metrics.stop()
+
+    found = asyncio.run(main())
+    assert found.height == 6
+    assert found["metric"].unique().to_list() == ["app.queue_depth"]
+    assert (found["lower_80"] <= found["upper_80"]).all()

@@ -1,4 +1,4 @@
-"""``GET /api/v1/anomalies`` (what the detectors found) and ``GET /api/v1/correlations`` (series that move together)."""
+"""``GET /api/v1/anomalies``, ``/correlations`` (series that move together) and ``/forecasts`` (the newest ones)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,21 @@ async def correlations(
         return [item.to_dict() for item in found]
 
     return JSONResponse({"primary_metric": primary_metric, "pairs": await run_in_threadpool(run)})
+
+
+@router.get("/forecasts", response_model=QueryResult, summary="The newest forecasts of matching series")
+async def forecasts(
+    request: Request,
+    metric_pattern: str = Query("*", max_length=512, description="Glob over metric names, e.g. system.disk.*"),
+    horizon: int = Query(48, ge=1, le=24 * 366, description="Hours ahead (at most what the flow forecast)"),
+    principal: Principal = Depends(requires(Role.READER)),
+) -> JSONResponse:
+    """The ``forecast-capacity`` flow's newest forecast per series: yhat with 80 % and 95 % intervals, the model.
+
+    Example: ``GET /api/v1/forecasts?metric_pattern=system.disk.*&horizon=24``.
+    """
+    from metrics.analysis import forecast  # the models load on first use, not at the API's start
+
+    settings = request.app.state.settings
+    frame = await run_in_threadpool(forecast, settings, store_of(request), metric_pattern, horizon)
+    return JSONResponse(as_result(frame))

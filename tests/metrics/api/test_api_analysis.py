@@ -70,3 +70,23 @@ def test_correlations(client: TestClient) -> None:
     missing = client.get("/api/v1/correlations", params={"primary_metric": "nothing.here", "secondary": ["app.*"]})
     assert missing.status_code == 422
     assert "no gauge or counter series" in missing.json()["error"]
+
+
+def test_forecasts_read_what_the_flow_wrote(lake: Settings, client: TestClient) -> None:
+    from dataclasses import replace
+
+    from tasks.forecasts import CapacityPlanner
+
+    empty = client.get("/api/v1/forecasts", params={"metric_pattern": "app.*"}).json()
+    assert empty["rows"] == 0  # nothing forecast yet, and a GET never forecasts
+    store = MetricStore(lake).open(background_flush=False)
+    try:
+        CapacityPlanner(replace(lake, forecast_metrics=("app.*",), forecast_horizon=12, train_workers=1), store).run()
+    finally:
+        store.close()
+    found = client.get("/api/v1/forecasts", params={"metric_pattern": "app.load", "horizon": 6}).json()
+    assert found["rows"] == 6
+    row = found["data"][0]
+    assert row["metric"] == "app.load"
+    assert row["lower_95"] <= row["lower_80"] <= row["yhat"] <= row["upper_80"] <= row["upper_95"]
+    assert client.get("/api/v1/forecasts", params={"horizon": 0}).status_code == 422
