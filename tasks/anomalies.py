@@ -27,6 +27,7 @@ a row written twice after a crash has the same score, and readers keep one.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -57,6 +58,7 @@ from tasks.collect.checkpoints import Checkpoints
 
 CANDIDATE_LEVEL = QuietPeriod.level  # rows scoring this much are written
 CHECKPOINT = "anomaly-scoring"
+ROWS_PER_WORKER = 250_000  # about 10 s of ensemble fitting: worth a worker's start-up (about 4 s)
 WARMUP_ROWS = 2000  # at most this many rows of warm-up for a series without a model
 KEY_USAGE_METRICS = ("crypto.key.access_count",)  # also scored against their hour-of-week profile
 PROFILE = "profile"
@@ -147,7 +149,8 @@ class AnomalyScorer:
                 metrics = ",".join(sorted({member.metric for member in group.members}))
                 ts = complete.get_column("ts").to_numpy()
                 jobs.append((FitJob(JOINT, frame=complete), group.group_id, metrics, group.key, ts))
-            fitted = parallel_map(fit_model, [job for job, *_ in jobs], self.settings.train_workers or None, progress)
+            fits = [job for job, *_ in jobs]
+            fitted = parallel_map(fit_model, fits, self._workers(fits), progress, cost=lambda job: job.rows)
             for (job, series_id, metric, tags, ts), (model, figures) in zip(jobs, fitted, strict=True):
                 info = self.registry.save(
                     model, series_id, data_start=_moment(ts[0]), data_end=_moment(ts[-1]), rows=job.rows,
@@ -159,6 +162,13 @@ class AnomalyScorer:
                 )
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _workers(self, fits: Sequence[FitJob]) -> int:
+        """Processes for the fits: ``train_workers`` when set; else one per core, but only as many as there is
+        work for (a spawned worker costs seconds of imports, so each should get ``ROWS_PER_WORKER`` rows)."""
+        if self.settings.train_workers:
+            return self.settings.train_workers
+        return max(1, min(os.cpu_count() or 1, sum(job.rows for job in fits) // ROWS_PER_WORKER))
 
     def score(self, patterns: Sequence[str] | None = None, *, now: datetime | None = None) -> ScoreSummary:
         """Score every series' rows after the last scored one; write the candidates to the ``anomalies`` table.
