@@ -314,6 +314,7 @@ def test_select_jobs_by_group() -> None:
         "collect-key-audit-logs",
         "health-checks",
         "score-anomalies",
+        "forecast-capacity",
     ]
     assert [job.name for job in select_jobs(("maintenance",))] == [
         "train-models",
@@ -351,6 +352,7 @@ INTERVALS = {
     "health_interval": 10.0,
     "anomaly_interval": 60.0,
     "train_interval": 3600.0,
+    "forecast_interval": 900.0,
 }
 
 
@@ -371,6 +373,7 @@ def test_each_job(job: Job) -> None:
         health_interval=INTERVALS["health_interval"],
         anomaly_interval=INTERVALS["anomaly_interval"],
         train_interval=INTERVALS["train_interval"],
+        forecast_interval=INTERVALS["forecast_interval"],
     )
     assert job.interval(settings) == timedelta(seconds=INTERVALS[job.interval_setting])
     assert job.interval(Settings()) == timedelta(seconds=getattr(Settings(), job.interval_setting))
