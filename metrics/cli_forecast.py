@@ -30,14 +30,13 @@ def forecast(
     from metrics.forecast_files import forecast_file
 
     with progress_bar(f"forecasting {horizon} steps") as progress:
-        task = progress.add_task("forecast", total=None)
         run = forecast_file(
             input_path,
             output,
             horizon,
             season=season,
             workers=workers,
-            progress=lambda n, total: progress.update(task, completed=n, total=total),
+            progress=progress,
         )
     chosen = ", ".join(f"{name} {count}" for name, count in sorted(run.methods.items(), key=lambda i: -i[1]))
     out.print(f"forecast {run.series} series ({run.layout}) {run.horizon} steps ahead; methods: {chosen}", markup=False)
@@ -62,14 +61,13 @@ def eval_m4(
 
     series = read_wide(data)[:limit]
     with progress_bar("M4 backtest") as progress:
-        task = progress.add_task("m4", total=len(series))
         figures = backtest(
             series,
             horizon,
             season=season,
             period=period,
             workers=workers,
-            progress=lambda n, total: progress.update(task, completed=n, total=total),
+            progress=progress,
         )
     if not as_json:
         table = Table(header_style="bold", title=f"M4 backtest, last {horizon} points", title_justify="left")
@@ -102,10 +100,7 @@ def capacity(
     from tasks.forecasts import CapacityPlanner
 
     with open_store() as store, progress_bar("forecasting") as progress:
-        task = progress.add_task("forecast", total=None)
-        summary = CapacityPlanner(settings(), store).run(
-            pattern or None, write=False, progress=lambda n, total: progress.update(task, completed=n, total=total)
-        )
+        summary = CapacityPlanner(settings(), store).run(pattern or None, write=False, progress=progress)
     columns = ("metric", "tags", "level", "limit", "days", "days_80_low", "days_80_high", "breach_probability")
     schema = {name: pl.String if name in ("metric", "tags") else pl.Float64 for name in columns}
     rows = [{name: risk.to_dict()[name] for name in columns} for risk in summary.risks]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from metrics.errors import ValidationError
@@ -33,11 +35,18 @@ def _check_detector(name: str, *, allow_all: bool = False) -> list[str]:
     return [name]
 
 
-def progress_bar(label: str) -> Progress:
-    """A transient progress bar on stderr: label, bar, done of all, elapsed time."""
-    return Progress(
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on stderr (label, bar, done of all, elapsed); yields the (done, all) callback."""
+    with Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
-    )
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
 
 
 def detect(
@@ -57,13 +66,12 @@ def detect(
 
     _check_detector(detector)
     with progress_bar(f"scoring with {detector}") as progress:
-        task = progress.add_task("score", total=None)
         done = score_path(
             input_path,
             output,
             detector,
             workers=workers,
-            progress=lambda n, total: progress.update(task, completed=n, total=total),
+            progress=progress,
         )
     rows = sum(item.rows for item in done)
     seconds = sum(item.seconds for item in done)
@@ -91,12 +99,7 @@ def eval_nab(
     names = _check_detector(detector, allow_all=True)
     reports = []
     for name in names:
-        with progress_bar(f"NAB with {name}") as progress:
-            task = progress.add_task("nab", total=None)
-
-            def advance(done: int, total: int, bar: Progress = progress, task_id: TaskID = task) -> None:
-                bar.update(task_id, completed=done, total=total)
-
+        with progress_bar(f"NAB with {name}") as advance:
             reports.append(evaluate_nab(data, windows, name, workers=workers, progress=advance))
     table = Table(header_style="bold", title="NAB scores (0: never fires, 100: perfect)", title_justify="left")
     for column in ("detector", "standard", "reward_low_FP_rate", "reward_low_FN_rate", "files", "rows", "seconds"):
@@ -182,10 +185,7 @@ def train(
     from tasks.anomalies import AnomalyScorer
 
     with open_store() as store, progress_bar("training") as progress:
-        task = progress.add_task("train", total=None)
-        summary = AnomalyScorer(settings(), store).train(
-            pattern or None, progress=lambda n, total: progress.update(task, completed=n, total=total)
-        )
+        summary = AnomalyScorer(settings(), store).train(pattern or None, progress=progress)
     joint = sum(1 for item in summary.trained if item["detector"] == "joint")
     out.print(
         f"trained {len(summary.trained)} models ({joint} over groups of series), "

@@ -139,7 +139,7 @@ class CapacityPlanner:
         started = time.perf_counter()
         end = now or datetime.now(UTC)
         begin = end - timedelta(days=self.settings.forecast_history_days)
-        chosen = [p for p in (patterns or self.settings.forecast_metrics) if not p.startswith("forecast.")]
+        chosen = patterns or self.settings.forecast_metrics
         items = load_series(self.store, chosen, begin, end, self.settings.forecast_max_series)
         items = [item for item in items if not item.metric.startswith("forecast.")]  # not our own gauges
         prepared = [(item, *hourly(item)) for item in items]

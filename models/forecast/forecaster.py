@@ -57,15 +57,6 @@ class Forecast:
     def __len__(self) -> int:
         return len(self.mean)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists and numbers (JSON)."""
-        return {
-            "method": self.method,
-            "periods": list(self.periods),
-            "backtest_mase": self.backtest_mase,
-            **{name: getattr(self, name).tolist() for name in ("mean", "lower_80", "upper_80", "lower_95", "upper_95")},
-        }
-
 
 def clean_history(values: Any) -> np.ndarray:
     """The values as floats with inner NaNs interpolated, leading NaNs dropped and trailing ones held."""

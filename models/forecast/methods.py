@@ -8,9 +8,6 @@
 - ``mstl_ets`` — statsmodels MSTL (STL for one period) on the log of a
   positive series, each seasonal component's last cycle carried forward, and
   simple exponential smoothing (ETS(A,N,N)) of what remains.
-- ``holt_winters`` — statsmodels ExponentialSmoothing with a damped additive
-  trend and additive seasonality of the shortest period, on the log of a
-  positive series (slower: used when asked for, not by default).
 - ``combination`` — the median of the combined methods' forecasts (the three naives, theta, mstl_ets, stl_ets): robust
   when no single one fits, which is the case for most real series.
 
@@ -108,25 +105,6 @@ def decomposed_forecast(history: np.ndarray, horizon: int, periods: Sequence[int
     return result, Smoothing(alpha, sd)
 
 
-def holt_winters(history: np.ndarray, horizon: int, periods: Sequence[int]) -> np.ndarray:
-    """Damped additive trend and additive seasonality (shortest period) on the series, or its log when positive."""
-    from statsmodels.tsa.holtwinters import ExponentialSmoothing
-
-    values, back = _log_scale(history)
-    period = min(periods) if periods else None
-    model = ExponentialSmoothing(
-        values,
-        trend="add",
-        damped_trend=True,
-        seasonal="add" if period else None,
-        seasonal_periods=period,
-        initialization_method="estimated",
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return back(np.asarray(model.fit().forecast(horizon), dtype=float))
-
-
 def decompose(values: np.ndarray, periods: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
     """(one seasonal component per period, the remainder: trend plus noise) by statsmodels STL or MSTL."""
     from statsmodels.tsa.seasonal import MSTL, STL
@@ -150,7 +128,7 @@ COMBINED: dict[str, Method] = {
     "stl_ets": stl_ets,
     "naive2": naive2,
 }
-METHODS: dict[str, Method] = {**COMBINED, "naive": naive, "holt_winters": holt_winters}
+METHODS: dict[str, Method] = {**COMBINED, "naive": naive}
 COMBINATION = "combination"
 
 
