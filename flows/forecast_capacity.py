@@ -1,22 +1,26 @@
-"""Flow ``forecast-capacity``: forecast the configured gauges; artifact: the capacity risks, soonest first."""
+"""Flow ``forecast-capacity``: forecast the configured gauges; artifacts: the capacity risks and a chart."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow
 
+from metrics.charts import data_uri
 from metrics.settings import get_settings
-from tasks.artifacts import publish_table
-from tasks.forecasts import forecast_capacity_task
+from tasks.artifacts import publish_markdown, publish_table
+from tasks.forecasts import forecast_capacity_task, forecast_chart_task
 
 ARTIFACT = "forecast-capacity"
+CHART_ARTIFACT = "forecast-capacity-chart"
 
 
 @flow(name="forecast-capacity", log_prints=True)
 def forecast_capacity() -> dict[str, Any]:
     """Forecast every configured series ``forecast_horizon`` hours ahead and judge the capacity of those with limits."""
-    summary = forecast_capacity_task(get_settings())
+    settings = get_settings()
+    summary = forecast_capacity_task(settings)
     soonest = [risk.to_dict() for risk in summary.risks[:10]]
     figures = {
         "series forecast": summary.series,
@@ -24,13 +28,22 @@ def forecast_capacity() -> dict[str, Any]:
         "capacity risks": sum(1 for risk in summary.risks if risk.days is not None),
     }
     publish_table(ARTIFACT, soonest, "Capacity risks", figures)
+    png = forecast_chart_task(summary, settings)
+    advice = summary.scaling.reason if summary.scaling else "no CPU series to size the fleet by."
+    if png is not None:
+        titles = ", ".join(panel.title for panel in summary.panels)
+        markdown = f"### Forecasts, {settings.forecast_horizon} h ahead\n\n![forecasts: {titles}]({data_uri(png)})\n\n"
+        publish_markdown(CHART_ARTIFACT, markdown + f"**Scaling:** {advice}\n", f"Forecast chart: {titles}")
     for risk in summary.risks[:3]:
         print(risk.summary)
+    print(f"Scaling: {advice}")
     return {
         "series": summary.series,
         "rows": summary.rows,
         "gauges": summary.gauges,
         "methods": summary.methods,
         "risks": [risk.to_dict() for risk in summary.risks],
+        "scaling": None if summary.scaling is None else asdict(summary.scaling),
+        "chart_bytes": 0 if png is None else len(png),
         "seconds": round(summary.seconds, 2),
     }

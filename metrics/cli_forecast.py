@@ -18,6 +18,7 @@ def forecast(
     horizon: Annotated[int, typer.Option(help="Steps to forecast.")] = 48,
     season: Annotated[int | None, typer.Option(help="Seasonal period in steps (default: detect 24 and 168).")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes for many series (default: one per core).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the forecast (wide: first 6) to this PNG.")] = None,
 ) -> None:
     """Forecast one series (timestamp,value) or many (M4 wide: id, then values) with 80 % and 95 % intervals.
 
@@ -25,7 +26,7 @@ def forecast(
     MSTL + ETS unless one is clearly better). Output: timestamp,yhat,lower_80,upper_80,lower_95,upper_95,method
     for one series; id,F1..Fh for the wide format.
 
-    Example: metrics forecast --input ../shared/data/m4/Hourly-train.csv --horizon 48 --output forecasts.csv
+    Example: metrics forecast --input ../shared/data/m4/Hourly-train.csv --horizon 48 --output f.csv --plot f.png
     """
     from metrics.forecast_files import forecast_file
 
@@ -37,6 +38,7 @@ def forecast(
             season=season,
             workers=workers,
             progress=progress,
+            plot=plot,
         )
     chosen = ", ".join(f"{name} {count}" for name, count in sorted(run.methods.items(), key=lambda i: -i[1]))
     out.print(f"forecast {run.series} series ({run.layout}) {run.horizon} steps ahead; methods: {chosen}", markup=False)
@@ -87,16 +89,21 @@ def eval_m4(
 def capacity(
     pattern: Annotated[list[str] | None, typer.Option(help="Forecast only metrics of these globs.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    plot: Annotated[Path | None, typer.Option(help="Also draw the most urgent series' forecasts to this PNG.")] = None,
 ) -> None:
     """Capacity risks now: per gauge with a limit, days until its trend reaches it (80 % interval), breach odds.
 
-    Forecasts the configured series (forecast.metrics) as the forecast-capacity flow does, without writing.
+    Forecasts the configured series (forecast.metrics) as the forecast-capacity flow does, without writing,
+    and sizes the fleet by its CPU forecast against forecast.scaling_target_utilisation.
 
-    Example: metrics capacity --pattern 'system.disk.*'
+    Example: metrics capacity --pattern 'system.*' --plot capacity.png
     """
     import polars as pl
 
+    from metrics.charts import forecast_chart
     from metrics.cli import emit, open_store, settings
+    from metrics.errors import ValidationError
+    from metrics.forecast_files import write_plot
     from tasks.forecasts import CapacityPlanner
 
     with open_store() as store, progress_bar("forecasting") as progress:
@@ -104,7 +111,14 @@ def capacity(
     columns = ("metric", "tags", "level", "limit", "days", "days_80_low", "days_80_high", "breach_probability")
     schema = {name: pl.String if name in ("metric", "tags") else pl.Float64 for name in columns}
     rows = [{name: risk.to_dict()[name] for name in columns} for risk in summary.risks]
+    if plot is not None:
+        if not summary.panels:
+            raise ValidationError("--plot: no series were forecast, so there is nothing to draw")
+        write_plot(forecast_chart(summary.panels), plot)
+        out.print(f"chart: {plot}", markup=False)
     emit(pl.DataFrame(rows, schema=schema), fmt)
     if fmt == "table":
         for risk in summary.risks[:5]:
             out.print(risk.summary, markup=False)
+        if summary.scaling is not None:
+            out.print(f"Scaling: {summary.scaling.reason}", markup=False)

@@ -97,6 +97,7 @@ ENV_NAMES = {
     "forecast_horizon": "METRICS_FORECAST_HORIZON",
     "forecast_history_days": "METRICS_FORECAST_HISTORY_DAYS",
     "forecast_max_series": "METRICS_FORECAST_MAX_SERIES",
+    "scaling_target_utilisation": "METRICS_SCALING_TARGET_UTILISATION",
 }
 # A health target's fields (the spec's MonitoringTarget): name -> (accepted JSON types, required).
 HEALTH_TARGET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -323,6 +324,7 @@ class Settings:
     forecast_horizon: int = 48  # hours ahead
     forecast_history_days: int = 14  # history a forecast is fitted on
     forecast_max_series: int = 500  # per run, most recently active first
+    scaling_target_utilisation: float = 70.0  # percent of CPU the forecast peak should use after scaling
     config_file: Path | None = field(default=None, compare=False)  # where values came from, not a value
 
     @classmethod
@@ -456,6 +458,13 @@ class Settings:
             "forecast_max_series": _int(
                 env, "METRICS_FORECAST_MAX_SERIES", base["forecast_max_series"], minimum=1, maximum=1_000_000
             ),
+            "scaling_target_utilisation": _float(
+                env,
+                "METRICS_SCALING_TARGET_UTILISATION",
+                base["scaling_target_utilisation"],
+                minimum=0.0,
+                maximum=100.0,
+            ),
             "config_file": config_file,
         }
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -581,6 +590,7 @@ class Settings:
         for name in ("anomaly_interval", "train_interval", "forecast_interval"):
             _check_range(self, name, 1, 366 * 86_400)
         _check_range(self, "score_warmup_hours", 1, 24 * 365)
+        _check_range(self, "scaling_target_utilisation", 1, 100)
 
     def _check_key_and_health_settings(self) -> None:
         """Health targets and allowed principals: their shape, each entry named in the error."""
@@ -725,6 +735,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "horizon": ("forecast_horizon", int),
         "history_days": ("forecast_history_days", int),
         "max_series": ("forecast_max_series", int),
+        "scaling_target_utilisation": ("scaling_target_utilisation", (int, float)),
     },
     "key_policy": {
         "max_rotation_days": ("key_max_rotation_days", int),

@@ -1,4 +1,4 @@
-"""Prefect artifacts: what each flow run did, as a table with a markdown headline, in the Prefect UI."""
+"""Prefect artifacts: what each flow run did, as a table with a headline, or a markdown page, in the Prefect UI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,26 @@ def publish_table(key: str, rows: Sequence[Mapping[str, Any]], title: str, figur
     and dashes). An empty table still gets one row saying so, so every run
     shows what it did, even when that was nothing.
     """
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if not _in_run():
         return None
     table = [dict(row) for row in rows] or [{"result": "nothing to do"}]
     created = create_table_artifact(table=table, key=key, description=headline(title, figures))
     assert not inspect.isawaitable(created)  # Prefect returns a coroutine only in async code
     return created
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> UUID | None:
+    """Attach a markdown artifact (a chart as a ``data:`` image, say) to the running flow; None outside a run.
+
+    The Prefect UI sanitises the markdown but keeps ``data:image/png`` images,
+    so a picture embedded this way needs no file server to be seen.
+    """
+    if not _in_run():
+        return None
+    created = create_markdown_artifact(markdown=markdown, key=key, description=description)
+    assert not inspect.isawaitable(created)
+    return created
+
+
+def _in_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None

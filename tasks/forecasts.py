@@ -17,6 +17,15 @@ Both are written back as gauges alert rules can use:
 ``forecast.days_to_exhaustion`` (only where the trend heads for the limit)
 and ``forecast.breach_probability``, tagged with the series' tags plus
 ``target`` (the metric forecast).
+
+**Scaling.** The hosts reporting ``system.cpu.usage_total`` are taken as one
+fleet: its mean CPU forecast (the hosts' means and 80 % bounds averaged, a
+conservative bound) against ``scaling_target_utilisation`` gives the replicas
+to run next (:func:`models.forecast.capacity.scaling_advice`).
+
+**Chart.** The summary carries up to :data:`CHART_PANELS` panels (the most
+urgent risks first, then the other series) for
+:func:`metrics.charts.forecast_chart`.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,9 +43,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from metrics.charts import ForecastPanel, forecast_chart, save_png
 from metrics.processes import parallel_map
 from metrics.settings import Settings
-from models.forecast.capacity import breach_probability, time_to_limit
+from models.forecast.capacity import ScalingAdvice, breach_probability, scaling_advice, time_to_limit
 from models.forecast.forecaster import AutoForecaster, Forecast
 from storage.forecasts import forecast_frame, write_forecasts
 from storage.store import MetricStore
@@ -52,7 +62,9 @@ LIMITS = {
 ROTATION_METRIC = "crypto.key.days_since_rotation"
 DAYS_METRIC = "forecast.days_to_exhaustion"
 PROBABILITY_METRIC = "forecast.breach_probability"
+SCALING_METRIC = "system.cpu.usage_total"
 MIN_HOURS = 3  # fewer hourly points: not forecast
+CHART_PANELS = 4
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,8 @@ class ForecastSummary:
     gauges: int = 0
     methods: dict[str, int] = field(default_factory=dict)
     risks: list[CapacityRisk] = field(default_factory=list)
+    scaling: ScalingAdvice | None = None
+    panels: list[ForecastPanel] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -113,6 +127,25 @@ def limit_of(metric: str, settings: Settings) -> float | None:
     if metric == ROTATION_METRIC:
         return float(settings.key_max_rotation_days)
     return LIMITS.get(metric)
+
+
+def forecast_rows(item: SeriesData, future: np.ndarray, forecast: Forecast) -> list[dict[str, Any]]:
+    """The ``forecasts`` table's rows of one series: a row per future hour."""
+    return [
+        {
+            "metric": item.metric,
+            "series_id": item.series_id,
+            "tags": item.tags,
+            "ts": int(future[step]),
+            "yhat": float(forecast.mean[step]),
+            "lower_80": float(forecast.lower_80[step]),
+            "upper_80": float(forecast.upper_80[step]),
+            "lower_95": float(forecast.lower_95[step]),
+            "upper_95": float(forecast.upper_95[step]),
+            "model": forecast.method,
+        }
+        for step in range(len(forecast))
+    ]
 
 
 def _forecast_job(job: tuple[np.ndarray, int]) -> Forecast:
@@ -150,43 +183,42 @@ class CapacityPlanner:
         summary = ForecastSummary(series=len(prepared))
         rows: list[dict[str, Any]] = []
         gauges: list[dict[str, Any]] = []
+        panels: dict[int, ForecastPanel] = {}
+        risk_panels: list[tuple[CapacityRisk, ForecastPanel]] = []
+        cpu: list[Forecast] = []
         for (item, hours, values), forecast in zip(prepared, forecasts, strict=True):
             summary.methods[forecast.method] = summary.methods.get(forecast.method, 0) + 1
             future = int(hours[-1]) + HOUR_US * np.arange(1, horizon + 1)
-            for step in range(horizon):
-                rows.append(
-                    {
-                        "metric": item.metric,
-                        "series_id": item.series_id,
-                        "tags": item.tags,
-                        "ts": int(future[step]),
-                        "yhat": float(forecast.mean[step]),
-                        "lower_80": float(forecast.lower_80[step]),
-                        "upper_80": float(forecast.upper_80[step]),
-                        "lower_95": float(forecast.lower_95[step]),
-                        "upper_95": float(forecast.upper_95[step]),
-                        "model": forecast.method,
-                    }
-                )
             limit = limit_of(item.metric, self.settings) if item.kind == "gauge" else None
+            title = f"{item.metric} {_label(item.tags)}".strip()
+            panels[item.series_id] = ForecastPanel(title, values, forecast, hours, future, limit)
+            if item.metric == SCALING_METRIC:
+                cpu.append(forecast)
+            rows += forecast_rows(item, future, forecast)
             if limit is None:
                 continue
-            risk = self._risk(item, values, forecast, limit)
-            summary.risks.append(risk)
+            risk = self._risk(item, title, values, forecast, limit)
+            risk_panels.append((risk, panels.pop(item.series_id)))
             tags = {**_tags(item.tags), "target": item.metric}
             gauges.append({"metric": PROBABILITY_METRIC, "value": risk.breach_probability, **tags})
             if risk.days is not None:
                 gauges.append({"metric": DAYS_METRIC, "value": risk.days, **tags})
-        summary.risks.sort(key=lambda r: (r.days is None, r.days or 0.0, -r.breach_probability))
+        risk_panels.sort(key=lambda pair: (pair[0].days is None, pair[0].days or 0.0, -pair[0].breach_probability))
+        summary.risks = [risk for risk, _ in risk_panels]
+        summary.panels = [panel for _, panel in risk_panels] + list(panels.values())
+        del summary.panels[CHART_PANELS:]
+        if cpu:
+            summary.scaling = self._scaling(cpu)
         if write:
             summary.rows = write_forecasts(self.store, forecast_frame(rows, end))
             summary.gauges = self._write_gauges(gauges, end)
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _risk(self, item: SeriesData, values: np.ndarray, forecast: Forecast, limit: float) -> CapacityRisk:
+    def _risk(
+        self, item: SeriesData, subject: str, values: np.ndarray, forecast: Forecast, limit: float
+    ) -> CapacityRisk:
         exhaustion = time_to_limit(values, 3600.0, limit)
-        subject = f"{item.metric} {_label(item.tags)}".strip()
         return CapacityRisk(
             metric=item.metric,
             tags=item.tags,
@@ -197,6 +229,19 @@ class CapacityPlanner:
             latest_days=None if exhaustion.latest_seconds is None else exhaustion.latest_seconds / 86_400,
             breach_probability=breach_probability(forecast, limit),
             summary=exhaustion.describe(subject),
+        )
+
+    def _scaling(self, hosts: list[Forecast]) -> ScalingAdvice:
+        """The fleet's advice: the mean of its hosts' CPU forecasts against the target utilisation."""
+        fleet = replace(
+            hosts[0],
+            **{name: np.mean([getattr(f, name) for f in hosts], axis=0) for name in ("mean", "upper_80")},
+        )
+        return scaling_advice(
+            fleet,
+            current_replicas=len(hosts),
+            target_utilisation=self.settings.scaling_target_utilisation,
+            subject="CPU across the fleet",
         )
 
     def _write_gauges(self, gauges: list[dict[str, Any]], moment: datetime) -> int:
@@ -236,3 +281,13 @@ def forecast_capacity_task(settings: Settings) -> ForecastSummary:
         return CapacityPlanner(settings, store).run()
     finally:
         store.close()
+
+
+@task(name="forecast-chart", cache_policy=NO_CACHE)
+def forecast_chart_task(summary: ForecastSummary, settings: Settings) -> bytes | None:
+    """Prefect task: the run's forecast chart as PNG, also kept as ``<data_dir>/charts/forecast-capacity.png``."""
+    if not summary.panels:
+        return None
+    png = forecast_chart(summary.panels)
+    save_png(png, settings.data_dir / "charts" / "forecast-capacity.png")
+    return png

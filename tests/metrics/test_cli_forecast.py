@@ -13,6 +13,7 @@ import pytest
 from tests.metrics.conftest import Cli
 
 START = datetime(2026, 10, 1)
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_long(path: Path, rows: int = 24 * 20) -> Path:
@@ -46,6 +47,26 @@ def test_forecast_of_one_series_continues_its_timestamps_with_intervals(cli: Cli
     assert (frame["lower_95"] <= frame["yhat"]).all()
     assert (frame["yhat"] <= frame["upper_95"]).all()
     assert "forecast 1 series" in result.out
+
+
+@pytest.mark.parametrize("layout", ["long", "wide"])
+def test_forecast_plot_writes_a_png(cli: Cli, tmp_path: Path, layout: str) -> None:
+    source = write_long(tmp_path / "s.csv") if layout == "long" else write_wide(tmp_path / "w.csv", series=1)
+    plot = tmp_path / "charts" / "f.png"
+    args = ("--input", str(source), "--horizon", "12", "--output", str(tmp_path / "o.csv"), "--plot", str(plot))
+    result = cli("forecast", *args, "--workers", "1")
+    assert result.code == 0, result.err
+    assert plot.read_bytes().startswith(PNG)
+    assert plot.stat().st_size > 10_000  # a drawn chart, not an empty canvas
+
+
+def test_forecast_plot_to_an_unwritable_path_is_an_error(cli: Cli, tmp_path: Path) -> None:
+    source = write_long(tmp_path / "s.csv")
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "f.png"  # its folder is a file
+    result = cli("forecast", "--input", str(source), "--output", str(tmp_path / "o.csv"), "--plot", str(bad))
+    assert result.code == 1
+    assert "Error: --plot" in result.err
 
 
 def test_forecast_of_a_wide_file_writes_one_row_per_series(cli: Cli, tmp_path: Path) -> None:
@@ -96,10 +117,28 @@ def test_capacity_lists_the_risks_without_writing(cli: Cli, tmp_path: Path) -> N
     frame.with_columns(pl.lit("gauge").alias("type")).write_csv(source)
     loaded = cli("ingest", str(source))
     assert loaded.code == 0, loaded.err
-    result = cli("capacity", "--format", "json")
+    result = cli("capacity", "--format", "json", "--plot", str(tmp_path / "c.png"))
     assert result.code == 0, result.err
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG)
     (risk,) = json.loads(result.last_line)
     assert risk["metric"] == "system.disk.usage_percent"
     assert risk["days"] == pytest.approx((100 - values[-1]) / 2, abs=1.0)
     written = cli("sql", "SELECT count(*) AS n FROM samples WHERE metric LIKE 'forecast.%'", "--format", "json")
     assert json.loads(written.last_line)[0]["n"] == 0
+
+
+def test_capacity_advises_on_scaling_from_the_cpu_forecast(cli: Cli, tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    rows = 3 * 24
+    stamps = [(now - timedelta(hours=rows - i)).isoformat() for i in range(rows)]
+    frames = [
+        pl.DataFrame({"ts": stamps, "metric": "system.cpu.usage_total", "value": level, "host": host})
+        for host, level in (("a", 20.0), ("b", 24.0), ("c", 22.0))
+    ]
+    source = tmp_path / "cpu.csv"
+    pl.concat(frames).with_columns(pl.lit("gauge").alias("type")).write_csv(source)
+    assert cli("ingest", str(source)).code == 0
+    result = cli("capacity", "--pattern", "system.cpu.*")
+    assert result.code == 0, result.err
+    assert "Scaling: CPU across the fleet is forecast to peak at 22% (80 % bound 22%) on 3 replica(s)" in result.out
+    assert "scale down to 1." in result.out  # 3 hosts at 22 % fit on one at a 70 % target
