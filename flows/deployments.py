@@ -113,6 +113,13 @@ JOBS: tuple[Job, ...] = (
         "Forecast the configured gauges hourly into the forecasts table; capacity risks and forecast.* gauges.",
     ),
     Job(
+        "evaluate-alerts",
+        "flows/evaluate_alerts.py:evaluate_alerts",
+        "alert_interval",
+        "monitoring",
+        "Evaluate every alert rule on the newest samples and send the due notifications (Slack, email, …).",
+    ),
+    Job(
         "compact-lake",
         "flows/compact.py:compact_lake",
         "compact_interval",

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from metrics.cli_alerts import alerts_app, rules_app
 from metrics.cli_bench import bench_app
 from metrics.cli_collect import collect_app, keys_report_command
 from metrics.cli_forecast import capacity, forecast
@@ -49,6 +50,8 @@ app.command("train")(train)
 app.command("forecast")(forecast)
 app.command("capacity")(capacity)
 app.add_typer(eval_app, name="eval")
+app.add_typer(rules_app, name="rules")
+app.add_typer(alerts_app, name="alerts")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

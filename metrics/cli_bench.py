@@ -138,6 +138,22 @@ def bench_anomalies_command(
     _print_figures(bench_anomalies(hosts, metrics, days, workers=workers, console=err), as_json)
 
 
+@bench_app.command("alerts")
+def bench_alerts_command(
+    samples: Annotated[int, typer.Option(help="Samples in the lake (the ingest benchmark's mix).")] = 10_000_000,
+    rules: Annotated[int, typer.Option(help="Threshold rules, each on one series.")] = 10_000,
+    cycles: Annotated[int, typer.Option(help="Steady cycles timed after the first.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+) -> None:
+    """One evaluation cycle of many threshold rules over a large lake; notification latency to a local Slack hook.
+
+    Example: metrics bench alerts --samples 10000000 --rules 10000 --json
+    """
+    from metrics.bench_alerts import bench_alerts
+
+    _print_figures(bench_alerts(samples, rules, cycles=cycles, console=err), as_json)
+
+
 def _print_figures(figures: dict[str, Any], as_json: bool) -> None:
     if not as_json:
         out.print_json(data=figures)

@@ -53,3 +53,19 @@ class RateLimitedError(MetricsError):
 
 class ScrapeError(MetricsError):
     """A scrape target could not be read: unreachable, HTTP error, too slow or large, or not the exposition format."""
+
+
+class DeliveryError(MetricsError):
+    """A notification could not be delivered (channel down, refused, misconfigured); the outbox retries it."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent  # retrying cannot help (bad credentials, a refused recipient)
+
+
+class NotFoundError(MetricsError):
+    """The thing asked for does not exist (a rule, an alert, a silence)."""
+
+
+class ConflictError(MetricsError):
+    """The request contradicts the current state (a rule defined in the rules file, an alert not firing)."""

@@ -40,6 +40,21 @@ ENV_NAMES = {
     "prefect_port": "METRICS_PREFECT_PORT",
     "log_level": "LOG_LEVEL",
     "smtp_port": "SMTP_PORT",
+    "smtp_require_tls": "SMTP_REQUIRE_TLS",
+    "slack_webhook_url": "SLACK_WEBHOOK_URL",
+    "slack_bot_token": "SLACK_BOT_TOKEN",
+    "slack_channel": "SLACK_CHANNEL",
+    "alert_email_to": "METRICS_ALERT_EMAIL_TO",
+    "alert_email_from": "METRICS_ALERT_EMAIL_FROM",
+    "alertmanager_url": "METRICS_ALERTMANAGER_URL",
+    "alert_webhook_url": "METRICS_ALERT_WEBHOOK_URL",
+    "dashboard_url": "METRICS_DASHBOARD_URL",
+    "alert_interval": "METRICS_ALERT_INTERVAL",
+    "alert_rules_file": "METRICS_ALERT_RULES_FILE",
+    "alert_routing_file": "METRICS_ALERT_ROUTING_FILE",
+    "remediation_file": "METRICS_REMEDIATION_FILE",
+    "notify_timeout": "METRICS_NOTIFY_TIMEOUT",
+    "remediation_dry_run": "METRICS_REMEDIATION_DRY_RUN",
     "system_interval": "METRICS_SYSTEM_INTERVAL",
     "adaptive_sampling": "METRICS_ADAPTIVE_SAMPLING",
     "intelligent_batching": "METRICS_INTELLIGENT_BATCHING",
@@ -267,6 +282,20 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     slack_webhook_url: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)  # Web API token (with slack_channel)
+    slack_channel: str | None = None
+    smtp_require_tls: bool = False  # refuse to send mail when the server offers no STARTTLS
+    alert_email_to: tuple[str, ...] = ()
+    alert_email_from: str | None = None  # default: metrics@<this host>
+    alertmanager_url: str | None = None  # Prometheus Alertmanager base URL (POST /api/v2/alerts)
+    alert_webhook_url: str | None = field(default=None, repr=False)  # generic JSON webhook
+    dashboard_url: str | None = None  # base URL linked from notifications (default: the API's address)
+    alert_interval: float = 60.0  # seconds between evaluate-alerts runs
+    alert_rules_file: Path | None = None  # default: deployments/alert-rules.yaml when it exists
+    alert_routing_file: Path | None = None  # default: deployments/alert-routing.yaml when it exists
+    remediation_file: Path | None = None  # default: deployments/remediation.yaml when it exists
+    notify_timeout: float = 10.0  # seconds one delivery attempt may take
+    remediation_dry_run: bool = True  # remediation actions are logged and audited, not run
     system_interval: float = 30.0
     adaptive_sampling: bool = True
     intelligent_batching: bool = True
@@ -357,6 +386,26 @@ class Settings:
             "smtp_username": env.get("SMTP_USERNAME") or base["smtp_username"],
             "smtp_password": env.get("SMTP_PASSWORD") or None,  # secrets come from the environment only
             "slack_webhook_url": env.get("SLACK_WEBHOOK_URL") or None,
+            "slack_bot_token": env.get("SLACK_BOT_TOKEN") or None,
+            "slack_channel": env.get("SLACK_CHANNEL") or base["slack_channel"],
+            "smtp_require_tls": _bool(env, "SMTP_REQUIRE_TLS", base["smtp_require_tls"]),
+            "alert_email_to": _list(env, "METRICS_ALERT_EMAIL_TO", base["alert_email_to"]),
+            "alert_email_from": env.get("METRICS_ALERT_EMAIL_FROM") or base["alert_email_from"],
+            "alertmanager_url": env.get("METRICS_ALERTMANAGER_URL") or base["alertmanager_url"],
+            "alert_webhook_url": env.get("METRICS_ALERT_WEBHOOK_URL") or None,
+            "dashboard_url": env.get("METRICS_DASHBOARD_URL") or base["dashboard_url"],
+            "alert_interval": _float(
+                env, "METRICS_ALERT_INTERVAL", base["alert_interval"], minimum=0.0, maximum=366 * 86_400.0
+            ),
+            "alert_rules_file": Path(env["METRICS_ALERT_RULES_FILE"])
+            if env.get("METRICS_ALERT_RULES_FILE")
+            else base["alert_rules_file"] and Path(base["alert_rules_file"]),
+            **{
+                name: Path(env[ENV_NAMES[name]]) if env.get(ENV_NAMES[name]) else base[name] and Path(base[name])
+                for name in ("alert_routing_file", "remediation_file")
+            },
+            "notify_timeout": _float(env, "METRICS_NOTIFY_TIMEOUT", base["notify_timeout"], minimum=0.0, maximum=600.0),
+            "remediation_dry_run": _bool(env, "METRICS_REMEDIATION_DRY_RUN", base["remediation_dry_run"]),
             "system_interval": _float(
                 env, "METRICS_SYSTEM_INTERVAL", base["system_interval"], minimum=0.0, maximum=86_400.0
             ),
@@ -488,6 +537,9 @@ class Settings:
             "tls_key",
             "jwt_public_key",
             "prometheus_multiproc_dir",
+            "alert_rules_file",
+            "alert_routing_file",
+            "remediation_file",
         ):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -534,6 +586,7 @@ class Settings:
             raise ConfigError(f"{_label('key_forbid_disabled_use')}={self.key_forbid_disabled_use!r} is not a boolean")
         self._check_key_and_health_settings()
         self._check_anomaly_settings()
+        self._check_alert_settings()
         for name in (
             "allowed_ips",
             "pii_tags",
@@ -545,6 +598,7 @@ class Settings:
             "anomaly_metrics",
             "anomaly_group_tags",
             "forecast_metrics",
+            "alert_email_to",
         ):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
@@ -591,6 +645,21 @@ class Settings:
             _check_range(self, name, 1, 366 * 86_400)
         _check_range(self, "score_warmup_hours", 1, 24 * 365)
         _check_range(self, "scaling_target_utilisation", 1, 100)
+
+    def _check_alert_settings(self) -> None:
+        """Alerting: the schedule, delivery timeout and the URLs notifications go to or link to."""
+        _check_range(self, "alert_interval", 1, 86_400)
+        _check_range(self, "notify_timeout", 0.1, 600)
+        for name in ("smtp_require_tls", "remediation_dry_run"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{_label(name)}={getattr(self, name)!r} is not a boolean")
+        for name in ("slack_webhook_url", "alertmanager_url", "alert_webhook_url", "dashboard_url"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+                shown = "<hidden>" if name in ("slack_webhook_url", "alert_webhook_url") else repr(value)
+                raise ConfigError(f"{_label(name)}={shown} is not an http(s):// URL")
+        if self.slack_bot_token is not None and not self.slack_channel:
+            raise ConfigError(f"{_label('slack_channel')} must be set with SLACK_BOT_TOKEN (the channel to post to)")
 
     def _check_key_and_health_settings(self) -> None:
         """Health targets and allowed principals: their shape, each entry named in the error."""
@@ -679,6 +748,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "train_interval": ("train_interval", (int, float)),
         "forecast_interval": ("forecast_interval", (int, float)),
         "anomaly_interval": ("anomaly_interval", (int, float)),
+        "alert_interval": ("alert_interval", (int, float)),
         "retention_interval": ("retention_interval", (int, float)),
         "backup_interval": ("backup_interval", (int, float)),
     },
@@ -715,6 +785,17 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "smtp_server": ("smtp_server", (str, type(None))),
         "smtp_port": ("smtp_port", int),
         "smtp_username": ("smtp_username", (str, type(None))),
+        "smtp_require_tls": ("smtp_require_tls", bool),
+        "slack_channel": ("slack_channel", (str, type(None))),
+        "alert_email_to": ("alert_email_to", list),
+        "alert_email_from": ("alert_email_from", (str, type(None))),
+        "alertmanager_url": ("alertmanager_url", (str, type(None))),
+        "dashboard_url": ("dashboard_url", (str, type(None))),
+        "alert_rules_file": ("alert_rules_file", (str, type(None))),
+        "alert_routing_file": ("alert_routing_file", (str, type(None))),
+        "remediation_file": ("remediation_file", (str, type(None))),
+        "notify_timeout": ("notify_timeout", (int, float)),
+        "remediation_dry_run": ("remediation_dry_run", bool),
         "pii_tags": ("pii_tags", list),
         "health_targets": ("health_targets", list),
     },

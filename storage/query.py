@@ -233,11 +233,17 @@ class QueryEngine:
 
     # -- low level -----------------------------------------------------------
     def _run(
-        self, text: str, params: Sequence[Any] | None = None, con: duckdb.DuckDBPyConnection | None = None
+        self,
+        text: str,
+        params: Sequence[Any] | None = None,
+        con: duckdb.DuckDBPyConnection | None = None,
+        tables: Mapping[str, pa.Table] | None = None,
     ) -> pl.DataFrame:
         started = time.perf_counter()
         cursor = (con or self._con).cursor()
         try:
+            for name, table in (tables or {}).items():
+                cursor.register(name, table)
             result = cursor.sql(text, params=list(params or []))
             if result is None:  # a statement without a result (DDL, SET, ...)
                 return pl.DataFrame()
@@ -426,6 +432,27 @@ class QueryEngine:
             return self._run(
                 f"SELECT series_id, metric, type, tags FROM {source} WHERE {where} ORDER BY metric, tags", params
             )
+
+    def over_samples(
+        self,
+        start: datetime,
+        end: datetime,
+        text: str,
+        params: Sequence[Any] | None = None,
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> pl.DataFrame | None:
+        """Run ``text``, where ``{samples}`` reads the sample files of days [start, end], beside Arrow ``tables``.
+
+        For readers that need their own SQL over recent samples (alert
+        evaluation); ``tables`` are registered under their names for the
+        query. None when there is no sample file in the range.
+        """
+        rng = _Range(start, end)
+        with self._reading():
+            files = [f.path for f in self.lake.files("samples", rng.first_day, rng.last_day)]
+            if not files:
+                return None
+            return self._run(text.format(samples=samples_source(files)), params, tables=tables)
 
     # -- aggregation -------------------------------------------------------------
     def query_aggregated(

@@ -149,3 +149,79 @@ def apt_install(package: str, find: Callable[[], str | None], *, allow_sudo: boo
     if found is None:
         return None, f"apt-get install {package} failed: {(done.stderr or done.stdout).strip()[-500:]}"
     return found, f"installed with apt in {time.monotonic() - started:.1f} s"
+
+
+ALERTMANAGER_PACKAGE = "prometheus-alertmanager"  # Debian's package; its binary has the same name
+
+
+def alertmanager_binary() -> tuple[str | None, str]:
+    """(the Alertmanager executable, how it was found), installing Debian's package if need be; None: why not."""
+    return apt_install(
+        ALERTMANAGER_PACKAGE,
+        lambda: shutil.which("prometheus-alertmanager") or shutil.which("alertmanager"),
+        allow_sudo=True,
+    )
+
+
+def alertmanager_config(webhook_url: str | None = None, match: str = 'am_test_recorder="yes"') -> str:
+    """A minimal Alertmanager config: everything to a receiver that notifies nobody.
+
+    With ``webhook_url``, alerts matching ``match`` go instead to that webhook (firing and resolved, grouped
+    per alert, sent quickly), so a test can see what Alertmanager would notify.
+    """
+    config = 'route:\n  receiver: "null"\n'
+    receivers = 'receivers:\n  - name: "null"\n'
+    if webhook_url is not None:
+        config += (
+            "  routes:\n"
+            "    - receiver: recorder\n"
+            f"      matchers: [{match!r}]\n"
+            '      group_by: ["..."]\n'
+            "      group_wait: 100ms\n"
+            "      group_interval: 1s\n"
+            "      repeat_interval: 1h\n"
+        )
+        receivers += (
+            "  - name: recorder\n"
+            "    webhook_configs:\n"
+            f"      - url: {webhook_url!r}\n"
+            "        send_resolved: true\n"
+            "        max_alerts: 0\n"
+        )
+    return config + receivers
+
+
+@contextmanager
+def alertmanager(
+    binary: str,
+    directory: Path,
+    *,
+    config: str | None = None,
+    start_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[str]:
+    """A Prometheus Alertmanager on a free loopback port, clustering off, ready; yields its base URL, stops it after.
+
+    ``config`` is the YAML text (default: ``alertmanager_config()``); its data and log (``alertmanager.log``)
+    live in ``directory``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / "alertmanager.yml"
+    config_file.write_text(alertmanager_config() if config is None else config)
+    port = free_port()
+    log = directory / "alertmanager.log"
+    command = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.path={directory / 'data'}",
+        f"--web.listen-address={LOOPBACK}:{port}",
+        "--cluster.listen-address=",  # empty: no HA gossip, no second port
+        "--log.level=info",
+    ]
+    process = spawn(command, log, cwd=directory, env=scrubbed_env())
+    base = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_for_http(f"{base}/-/ready", process, log, timeout=start_timeout, what="alertmanager")
+        yield base
+    finally:
+        stop_process(process, stop_timeout)

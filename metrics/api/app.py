@@ -27,7 +27,9 @@ from metrics.api.telemetry import install_telemetry
 from metrics.errors import (
     AuthenticationError,
     ConfigError,
+    ConflictError,
     MetricsError,
+    NotFoundError,
     PermissionDeniedError,
     QueryError,
     RateLimitedError,
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: tuple[tuple[type[MetricsError], int], ...] = (
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
     (RequestTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
     (RateLimitedError, 429),
@@ -157,9 +161,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def routers() -> list[Any]:
     """Every router of the API, in mounting order (a new resource adds one line)."""
-    from metrics.api.routes import analysis, exposition, health, ingest, query, remote_write
+    from metrics.api.routes import alerts, analysis, exposition, health, ingest, query, remote_write
 
-    return [health.router, ingest.router, query.router, analysis.router, remote_write.router, exposition.router]
+    return [
+        health.router,
+        ingest.router,
+        query.router,
+        analysis.router,
+        alerts.router,
+        remote_write.router,
+        exposition.router,
+    ]
 
 
 def store_of(request: Request) -> MetricStore:

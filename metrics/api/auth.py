@@ -187,13 +187,14 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-def requires(role: Role) -> Callable[[Request], Awaitable[Principal]]:
-    """A FastAPI dependency admitting callers that may act in ``role`` (admins always)."""
+def requires(role: Role, *also: Role) -> Callable[[Request], Awaitable[Principal]]:
+    """A FastAPI dependency admitting callers that may act in ``role`` or any of ``also`` (admins always)."""
 
     async def dependency(request: Request) -> Principal:
         principal = await authenticate(request)
-        if not principal.may(role):
-            raise PermissionDeniedError(f"role {principal.role.value!r} may not do this; it needs {role.value!r}")
+        if not any(principal.may(allowed) for allowed in (role, *also)):
+            needed = " or ".join(repr(allowed.value) for allowed in (role, *also))
+            raise PermissionDeniedError(f"role {principal.role.value!r} may not do this; it needs {needed}")
         return principal
 
     dependency.required_role = role  # type: ignore[attr-defined]  # read by the route-table test

@@ -19,6 +19,7 @@ from prefect.states import State
 from prefect.testing.utilities import prefect_test_harness
 
 from metrics.settings import Settings
+from tests.alerts.channels import receiver  # noqa: F401  (the recording HTTP server, for the alert flow)
 
 
 @pytest.fixture(scope="session")

@@ -315,6 +315,7 @@ def test_select_jobs_by_group() -> None:
         "health-checks",
         "score-anomalies",
         "forecast-capacity",
+        "evaluate-alerts",
     ]
     assert [job.name for job in select_jobs(("maintenance",))] == [
         "train-models",
@@ -353,6 +354,7 @@ INTERVALS = {
     "anomaly_interval": 60.0,
     "train_interval": 3600.0,
     "forecast_interval": 900.0,
+    "alert_interval": 30.0,
 }
 
 
@@ -374,6 +376,7 @@ def test_each_job(job: Job) -> None:
         anomaly_interval=INTERVALS["anomaly_interval"],
         train_interval=INTERVALS["train_interval"],
         forecast_interval=INTERVALS["forecast_interval"],
+        alert_interval=INTERVALS["alert_interval"],
     )
     assert job.interval(settings) == timedelta(seconds=INTERVALS[job.interval_setting])
     assert job.interval(Settings()) == timedelta(seconds=getattr(Settings(), job.interval_setting))
