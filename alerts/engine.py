@@ -36,6 +36,7 @@ sent as resolved. Firing alerts with a ``remediation`` run it
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ from alerts.store import STATE_COLUMNS, AlertStore, fingerprint, write_states
 from metrics.settings import Settings
 from storage.alert_events import write_alert_events
 from storage.store import MetricStore
+
+log = logging.getLogger(__name__)
 
 US = 1_000_000
 RESOLVED_KEEP_SECONDS = 3600.0  # a resolved alert stays listed this long
@@ -93,7 +96,14 @@ class CycleResult:
         }
 
 
-def decide(observations: pl.DataFrame, states: pl.DataFrame, rules: Sequence[AlertRule], now_us: int) -> pl.DataFrame:
+def decide(
+    observations: pl.DataFrame,
+    states: pl.DataFrame,
+    rules: Sequence[AlertRule],
+    now_us: int,
+    *,
+    forecast_stale_seconds: float = 7200.0,
+) -> pl.DataFrame:
     """The next state of every alert with an observation or a stored state (see the module's table).
 
     Returns the state columns plus ``previous`` (the stored status, ``inactive`` when none) for every alert
@@ -104,7 +114,8 @@ def decide(observations: pl.DataFrame, states: pl.DataFrame, rules: Sequence[Ale
             "rule_id": [r.rule_id for r in rules],
             "duration_us": [int(r.duration_seconds * US) for r in rules],
             "keep_us": [int(r.keep_firing_for * US) for r in rules],
-            "stale_us": [int(max(r.window_seconds, GRACE_SECONDS) * US) for r in rules],
+            "stale_us": [int(_stale_seconds(r, forecast_stale_seconds) * US) for r in rules],
+            "anomaly": [r.kind == "anomaly" for r in rules],
             "lookback_us": [int(lookback_seconds(r) * US) for r in rules],
             "missing_data": [r.missing_data for r in rules],
             "rule_priority": [r.priority.value for r in rules],
@@ -117,6 +128,7 @@ def decide(observations: pl.DataFrame, states: pl.DataFrame, rules: Sequence[Ale
             "lookback_us": pl.Int64,
             "missing_data": pl.String,
             "rule_priority": pl.String,
+            "anomaly": pl.Boolean,
         },
     )
     observed = observations.with_columns(
@@ -134,7 +146,14 @@ def decide(observations: pl.DataFrame, states: pl.DataFrame, rules: Sequence[Ale
     )
     joined = joined.join(parameters, on="rule_id", how="inner")
     now = pl.lit(now_us, dtype=pl.Int64)
-    missing = pl.col("sample_ts").is_null() | (pl.col("sample_ts") < now - pl.col("stale_us"))
+    # An anomaly rule's series without a recent finding is clear, not missing: findings are the exception.
+    quiet = pl.col("anomaly") & pl.col("sample_ts").is_null()
+    joined = joined.with_columns(
+        breach=pl.when(quiet).then(False).otherwise(pl.col("breach")),
+        clear=pl.when(quiet).then(True).otherwise(pl.col("clear")),
+        clear_since=pl.when(quiet).then(0).otherwise(pl.col("clear_since")),
+    )
+    missing = ~pl.col("anomaly") & (pl.col("sample_ts").is_null() | (pl.col("sample_ts") < now - pl.col("stale_us")))
     previous = pl.col("previous")
     held = pl.col("breach") & (pl.col("held_since") <= now - pl.col("duration_us"))
     cleared = pl.col("clear") & (pl.col("clear_since") <= now - pl.col("keep_us"))
@@ -142,7 +161,7 @@ def decide(observations: pl.DataFrame, states: pl.DataFrame, rules: Sequence[Ale
         pl.when(missing & (pl.col("missing_data") == "keep"))
         .then(previous)
         .when(missing & (pl.col("missing_data") == "alert"))
-        .then(pl.lit("firing"))
+        .then(pl.when(previous.is_in(["pending", "firing"])).then(pl.lit("firing")).otherwise(previous))
         .when(missing)
         .then(pl.when(previous == "firing").then(pl.lit("resolved")).otherwise(pl.lit("inactive")))
         .when(previous == "firing")
@@ -218,7 +237,7 @@ class AlertEvaluator:
         self.routing = routing
         self.remediate = remediate
         routes = _routes(routing.root)
-        self._shortest_repeat = min((r.repeat_interval for r in routes if r.repeat_interval), default=float("inf"))
+        self._repeat_intervals = sorted({r.repeat_interval for r in routes if r.repeat_interval})
         self._refreshes = any(REFRESHED in r.channels for r in routes) or REFRESHED in routing.default_channels
 
     def evaluate(self, now: datetime | None = None) -> CycleResult:
@@ -234,7 +253,9 @@ class AlertEvaluator:
         with self.alerts.transaction(immediate=True) as connection:
             stored = self.alerts.state_rows(connection)
             states = pl.DataFrame(stored, schema=_state_schema(), orient="row")
-            decided = decide(observations, states, rules, now_us)
+            decided = decide(
+                observations, states, rules, now_us, forecast_stale_seconds=2 * self.settings.forecast_interval
+            )
             result.evaluate_seconds = time.perf_counter() - started
             rows = decided.to_dicts()
             labels = {
@@ -262,7 +283,10 @@ class AlertEvaluator:
             write_alert_events(self.store, [_event(by_id[c["rule_id"]], c) for c in result.changes], moment)
         if self.remediate is not None:
             for rule, row in remediations:
-                self.remediate(rule, row)
+                try:
+                    self.remediate(rule, row)
+                except Exception:  # one failing action must not cost the others theirs
+                    log.exception("remediation %s of alert %s failed", rule.remediation, row["alert_id"])
                 result.remediations += 1
         result.seconds = time.perf_counter() - started
         return result
@@ -286,30 +310,32 @@ class AlertEvaluator:
             return
         deliveries = self.routing.deliveries(labels, rule.channels)
         events: list[tuple[str, Delivery, tuple[str, ...]]] = []
-        generation = row["transitions"]
+        # Events are keyed by when this firing began: unique per firing, whatever happened to the state row.
+        generation = row["fired_at"]
         if resolved_now:
             events += [(f"resolved:{generation}", d, d.channels) for d in deliveries]
         elif row["notified_at"] is None:
             events += [(f"firing:{generation}", d, d.channels) for d in deliveries]
         elif row["acknowledged_at"] is None:
             for delivery in deliveries:
-                if delivery.repeat_interval and now_us - row["notified_at"] >= delivery.repeat_interval * US:
-                    slot = int((now_us - row["fired_at"]) // (delivery.repeat_interval * US))
+                slot = _repeat_slot(row, delivery.repeat_interval, now_us)
+                if slot is not None:
                     events.append((f"repeat:{generation}:{slot}", delivery, delivery.channels))
             events += self._escalations(rule, row, deliveries, now_us)
+        refresh: list[tuple[str, Delivery, tuple[str, ...]]] = []
         if status == "firing" and row["notified_at"] is not None:
             refreshed = tuple(c for d in deliveries for c in d.channels if c == REFRESHED)
             if refreshed:
                 slot = int((now_us - row["fired_at"]) // (REFRESH_SECONDS * US))
-                events.append((f"refresh:{generation}:{slot}", deliveries[0], refreshed))
-        if not events:
+                refresh.append((f"refresh:{generation}:{slot}", deliveries[0], refreshed))
+        if not events and not refresh:
             return
         notification = self._notification(rule, row, labels, moment)
-        for event, delivery, channels in events:
+        for event, delivery, channels in events + refresh:
             written = enqueue(connection, notification, event, channels, moment.timestamp(), delivery)
             result.notifications += written
-        if not resolved_now:
-            row["notified_at"] = now_us
+        if events and not resolved_now:
+            row["notified_at"] = now_us  # a refresh of Alertmanager is not a notification of people
 
     def _may_notify(self, rule: AlertRule, row: Mapping[str, Any], now_us: int) -> bool:
         """Whether this alert may need a notification now (a cheap test that skips most steady firing alerts)."""
@@ -323,7 +349,7 @@ class AlertEvaluator:
             return True
         if row["acknowledged_at"] is not None:
             return False
-        due = now_us - row["notified_at"] >= self._shortest_repeat * US
+        due = any(_repeat_slot(row, interval, now_us) is not None for interval in self._repeat_intervals)
         return due or len(rule.escalation) > (row["escalation_level"] or 0)
 
     def _escalations(
@@ -339,7 +365,7 @@ class AlertEvaluator:
             if step.priority is not None and AlertPriority(step.priority).rank > AlertPriority(row["priority"]).rank:
                 row["priority"] = step.priority.value
             channels = step.channels or deliveries[0].channels
-            found.append((f"escalate:{row['transitions']}:{index}", deliveries[0], tuple(channels)))
+            found.append((f"escalate:{row['fired_at']}:{index}", deliveries[0], tuple(channels)))
         row["escalation_level"] = len(due)
         return found
 
@@ -381,9 +407,30 @@ class AlertEvaluator:
         return f"{base.rstrip('/')}/dashboards/alerts"
 
 
+def _repeat_slot(row: Mapping[str, Any], interval: float, now_us: int) -> int | None:
+    """The repeat due now for a firing alert (the count of whole intervals since it fired), if one is due.
+
+    Due when that count has moved on since the alert was last notified; the slot names the outbox event, so
+    each repeat goes out once per channel however often the cycle runs.
+    """
+    if not interval or row["fired_at"] is None or row["notified_at"] is None:
+        return None
+    width = interval * US
+    slot = int((now_us - row["fired_at"]) // width)
+    last = int((row["notified_at"] - row["fired_at"]) // width)
+    return slot if slot > last and slot >= 1 else None
+
+
 def _routes(route: Route) -> list[Route]:
     """A route and all its descendants."""
     return [route, *(child for sub in route.routes for child in _routes(sub))]
+
+
+def _stale_seconds(rule: AlertRule, forecast_stale_seconds: float) -> float:
+    """How old a group's newest sample may be before its data counts as missing."""
+    if rule.kind == "forecast":
+        return forecast_stale_seconds  # forecasts are made every forecast_interval, not every few seconds
+    return max(rule.window_seconds, GRACE_SECONDS)
 
 
 def _state_schema() -> dict[str, pl.DataType]:

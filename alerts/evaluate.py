@@ -78,9 +78,9 @@ WINDOW_SQL = {
 
 
 def lookback_seconds(rule: AlertRule) -> float:
-    """How far back a rule's verdict reads: its duration, its window and the grace of one slow interval."""
+    """How far back a rule's verdict reads: its duration (or keep_firing_for), its window, and one slow interval."""
     window = rule.window_seconds or (ANOMALY_WINDOW_SECONDS if rule.kind == "anomaly" else 0.0)
-    return rule.duration_seconds + window + GRACE_SECONDS
+    return max(rule.duration_seconds, rule.keep_firing_for) + window + GRACE_SECONDS
 
 
 def empty_observations() -> pl.DataFrame:

@@ -129,6 +129,10 @@ def combine(notifications: Sequence[Notification]) -> Notification:
     )
 
 
+class _LeaseLost(Exception):
+    """Rows this dispatcher claimed were taken by another after its lease ran out."""
+
+
 @dataclass
 class DispatchResult:
     """What one dispatch did: delivered, to retry, given up, and what is still waiting."""
@@ -188,30 +192,32 @@ class Outbox:
         """Send up to ``limit`` due notifications (a group's batch as one message); return what happened."""
         result = DispatchResult()
         batches: dict[tuple[str, str], list[tuple[int, str, int, float]]] = {}
-        for row_id, channel, group_key, payload, attempts, created_at in self._claim(limit):
+        for row_id, channel, group_key, payload, tried, created_at in self._claim(limit):
             key = (channel, group_key if channel not in SELF_GROUPING else str(row_id))
-            batches.setdefault(key, []).append((row_id, payload, attempts, created_at))
+            batches.setdefault(key, []).append((row_id, payload, tried, created_at))
         for (channel, _), rows in batches.items():
             notifier = self.notifiers.get(channel)
             ids = [row[0] for row in rows]
-            attempts = max(row[2] for row in rows) + 1
+            if not self._renew(ids):
+                continue  # the lease ran out while earlier batches were sent, and another dispatcher took these
+            attempts = {row[0]: row[2] + 1 for row in rows}
             try:
                 if notifier is None:
                     raise DeliveryError(f"channel {channel!r} is not configured", permanent=True)
                 notifier.send(combine([Notification.from_dict(json.loads(row[1])) for row in rows]))
             except DeliveryError as exc:
-                self._failed(ids, attempts, str(exc), exc.permanent, result)
+                self._failed(attempts, str(exc), exc.permanent, result)
                 continue
             except Exception as exc:  # a notifier's bug must not stop the other notifications
                 log.exception("notifier %s failed unexpectedly", channel)
-                self._failed(ids, attempts, f"unexpected error: {type(exc).__name__}", False, result)
+                self._failed(attempts, f"unexpected error: {type(exc).__name__}", False, result)
                 continue
             now = self.clock()
             with self.store.transaction(immediate=True) as connection:
                 connection.executemany(
                     "UPDATE outbox SET delivered_at = ?, attempts = ?, claimed_until = NULL, last_error = NULL "
                     "WHERE id = ?",
-                    [(now, attempts, row_id) for row_id in ids],
+                    [(now, count, row_id) for row_id, count in attempts.items()],
                 )
             result.delivered += len(ids)
             result.by_channel[channel] = result.by_channel.get(channel, 0) + len(ids)
@@ -291,19 +297,40 @@ class Outbox:
             )
         return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), float(r[5])) for r in rows]
 
-    def _failed(self, ids: Sequence[int], attempts: int, error: str, permanent: bool, result: DispatchResult) -> None:
+    def _renew(self, ids: Sequence[int]) -> bool:
+        """Extend this dispatcher's lease on rows about to be sent; False when any is no longer ours to send."""
         now = self.clock()
-        give_up = permanent or attempts >= self.max_attempts
-        delay = min(self.max_delay, self.base_delay * 2 ** (attempts - 1))
+        marks = ", ".join("?" for _ in ids)
+        try:
+            with self.store.transaction(immediate=True) as connection:
+                done = connection.execute(
+                    f"UPDATE outbox SET claimed_until = ? WHERE id IN ({marks}) AND claimed_until >= ? "
+                    "AND delivered_at IS NULL AND failed_at IS NULL",
+                    (now + self.claim_seconds, *ids, now),
+                )
+                if done.rowcount != len(ids):
+                    raise _LeaseLost  # rolls the renewal back: the rows stay with whoever holds them
+        except _LeaseLost:
+            return False
+        return True
+
+    def _failed(self, attempts: Mapping[int, int], error: str, permanent: bool, result: DispatchResult) -> None:
+        """Schedule each row's next attempt (its own count's backoff), or give it up."""
+        now = self.clock()
+        updates = []
+        for row_id, count in attempts.items():
+            give_up = permanent or count >= self.max_attempts
+            delay = min(self.max_delay, self.base_delay * 2 ** (count - 1))
+            updates.append((count, error[:500], now + delay, now if give_up else None, row_id))
+            if give_up:
+                result.failed += 1
+                log.error("notification %d given up after %d attempt(s): %s", row_id, count, error)
+            else:
+                result.retrying += 1
+                log.warning("notification %d failed (attempt %d), retrying in %.0f s: %s", row_id, count, delay, error)
         with self.store.transaction(immediate=True) as connection:
             connection.executemany(
                 "UPDATE outbox SET attempts = ?, last_error = ?, claimed_until = NULL, next_attempt_at = ?, "
                 "failed_at = ? WHERE id = ?",
-                [(attempts, error[:500], now + delay, now if give_up else None, row_id) for row_id in ids],
+                updates,
             )
-        if give_up:
-            result.failed += len(ids)
-            log.error("notification(s) %s given up after %d attempt(s): %s", ids, attempts, error)
-        else:
-            result.retrying += len(ids)
-            log.warning("notification(s) %s failed (attempt %d), retrying in %.0f s: %s", ids, attempts, delay, error)

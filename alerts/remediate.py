@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -67,13 +68,24 @@ class Action:
     timeout: float = 30.0
 
     def rendered(self, context: Mapping[str, Any]) -> dict[str, Any]:
-        """What would run for an alert: the command's arguments or the request, placeholders filled."""
+        """What would run for an alert: the command's arguments or the request, placeholders filled.
+
+        Alert data is untrusted (services choose their tags): an argument it would turn into an option
+        (``-…`` where the action's own text does not start so) is refused, and values put into a URL are
+        percent-encoded, so they cannot change its host or path.
+        """
         if self.command:
-            return {"command": [render(part, context) for part in self.command]}
+            arguments = [render(part, context) for part in self.command]
+            for template, argument in zip(self.command, arguments, strict=True):
+                if argument.startswith("-") and not template.startswith("-"):
+                    raise ValidationError(
+                        f"{self.name}: alert data would make the argument {argument[:40]!r} an option"
+                    )
+            return {"command": arguments}
         body = self.http.get("json")
         return {
             "method": str(self.http.get("method", "POST")).upper(),
-            "url": render(str(self.http["url"]), context),
+            "url": render(str(self.http["url"]), _url_safe(context)),
             "json": _render_json(body, context) if body is not None else None,
         }
 
@@ -172,7 +184,10 @@ class Remediator:
         }
         if action is None:
             return self._record(name, rule, alert, "not_configured", {"reason": f"no action named {name!r}"})
-        planned = action.rendered(context)
+        try:
+            planned = action.rendered(context)
+        except ValidationError as exc:
+            return self._record(name, rule, alert, "refused", {"reason": str(exc)})
         if self._recent(name) >= self.config.limit_count:
             detail = {"limit": f"{self.config.limit_count} per {self.config.limit_seconds:g} s", **planned}
             return self._record(name, rule, alert, "rate_limited", detail)
@@ -256,6 +271,15 @@ class Remediator:
         from storage.statedb import state_transaction
 
         return state_transaction(self.alerts.path, REMEDIATION_SCHEMA, "remediations", immediate=True)
+
+
+def _url_safe(value: Any) -> Any:
+    """The template context with every text value percent-encoded (nothing in it may add a ``/``, ``?`` or ``@``)."""
+    if isinstance(value, Mapping):
+        return {key: _url_safe(item) for key, item in value.items()}
+    if isinstance(value, str):
+        return quote(value, safe="")
+    return value
 
 
 def _render_json(value: Any, context: Mapping[str, Any]) -> Any:

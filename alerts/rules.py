@@ -219,7 +219,8 @@ class AlertRule:
             self._set("predicted_breach", chance)
         if self.remediation is not None and (not isinstance(self.remediation, str) or not self.remediation):
             raise RuleError(f"remediation: {self.remediation!r} must be the name of an action")
-        self._set("escalation", tuple(_step(item, i) for i, item in enumerate(self.escalation)))
+        steps = tuple(_step(item, i) for i, item in enumerate(self.escalation))
+        self._set("escalation", tuple(sorted(steps, key=lambda step: step.after_seconds)))
         self._set("channels", _names(self.channels, "channels"))
         if not isinstance(self.enabled, bool):
             raise RuleError(f"enabled: {self.enabled!r} is not true or false")

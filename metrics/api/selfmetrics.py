@@ -9,7 +9,9 @@ over the interval just ended:
 - ``application.api.response_time``: mean seconds per request (gauge; only when there were requests);
 - ``application.api.request_rate``: requests per second (0 for a route seen before but idle);
 - ``application.api.error_rate``: share of responses that were server errors (5xx), 0 to 1;
-- ``application.api.client_error_rate``: share of client errors (4xx: bad input, missing credentials, limits).
+- ``application.api.client_error_rate``: share of client errors (4xx: bad input, missing credentials, limits);
+- ``application.api.auth_failures``: requests refused for missing or bad credentials (401) since the worker
+  started — a counter per worker (tags ``host``, ``worker``), for the predefined "authentication failures" rule.
 
 ``error_rate`` counts only 5xx because a 4xx is the client's mistake and says
 nothing about the API's health; ``client_error_rate`` keeps those visible.
@@ -18,6 +20,7 @@ nothing about the API's health; ``client_error_rate`` keeps those visible.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -34,6 +37,7 @@ RESPONSE_TIME = "application.api.response_time"
 REQUEST_RATE = "application.api.request_rate"
 ERROR_RATE = "application.api.error_rate"
 CLIENT_ERROR_RATE = "application.api.client_error_rate"
+AUTH_FAILURES = "application.api.auth_failures"
 MAX_ROUTES = 1024  # (route, method) pairs tracked; route templates keep this small
 
 
@@ -67,6 +71,7 @@ class SelfMetrics:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._store: MetricStore | None = None
+        self._auth_failures = 0  # cumulative: a counter, as rate() and increase() expect
         self.samples_written = 0
 
     def record(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -84,6 +89,8 @@ class SelfMetrics:
                 figures.server_errors += 1
             elif status >= 400:
                 figures.client_errors += 1
+                if status == 401:
+                    self._auth_failures += 1
 
     def collect(self) -> list[dict[str, Any]]:
         """The samples of the interval that ends now (the spec's point dicts), and start the next interval."""
@@ -93,8 +100,19 @@ class SelfMetrics:
             self._since = now
             figures = self._figures
             self._figures = {key: RouteFigures() for key in figures}  # routes seen stay known (rate 0 when idle)
+            refused = self._auth_failures
         stamp = self._wall().isoformat()
         points: list[dict[str, Any]] = []
+        if figures:
+            points.append(
+                {
+                    "metric_id": AUTH_FAILURES,
+                    "value": float(refused),
+                    "metric_type": "counter",
+                    "timestamp": stamp,
+                    "tags": {"host": self.host, "worker": str(os.getpid())},
+                }
+            )
         for (route, method), seen in figures.items():
             tags = {"route": route, "method": method, "host": self.host}
 

@@ -236,3 +236,57 @@ def test_listing_orders_by_urgency(
     assert listing.schema["fired_at"] == pl.Datetime("us", "UTC")
     with pytest.raises(Exception, match="status: 'bogus'"):
         alerts.listing("bogus")
+
+
+def test_an_alert_that_fires_again_after_going_inactive_is_notified_again(
+    alert_settings: Settings, alert_store: MetricStore, alerts: AlertStore, write_series: WriteSeries, now: datetime
+) -> None:
+    alerts.add_rules([cpu_rule(duration_seconds=60)])
+    slack = Recorder()
+    clock = [now.timestamp()]
+    outbox = Outbox(alerts, {"slack": slack}, clock=lambda: clock[0])
+
+    def cycle(minutes: float, value: float) -> None:
+        moment = now + timedelta(minutes=minutes)
+        clock[0] = moment.timestamp()
+        write_series("system.cpu.usage_total", [value] * 3, moment, host="a")
+        evaluator(alert_settings, alert_store, alerts).evaluate(moment)
+        outbox.dispatch()
+
+    cycle(0, 95)  # pending
+    cycle(2, 95)  # firing
+    cycle(4, 40)  # resolved
+    cycle(70, 40)  # an hour later: inactive, its state row gone
+    cycle(72, 95)  # pending again
+    cycle(74, 95)  # firing again: a new firing, a new message
+    assert [n.status for n in slack.sent] == ["firing", "resolved", "firing"]
+
+
+def test_alertmanager_refreshes_do_not_hold_back_repeats_elsewhere(
+    alert_settings: Settings, alert_store: MetricStore, alerts: AlertStore, write_series: WriteSeries, now: datetime
+) -> None:
+    alerts.add_rules([cpu_rule(duration_seconds=0)])
+    slack, manager = Recorder(), Recorder("alertmanager")
+    clock = [now.timestamp()]
+    outbox = Outbox(alerts, {"slack": slack, "alertmanager": manager}, clock=lambda: clock[0])
+    routing = routing_to("slack", "alertmanager", repeat_interval=300)
+    for minute in range(12):
+        moment = now + timedelta(minutes=minute)
+        clock[0] = moment.timestamp()
+        write_series("system.cpu.usage_total", [95], moment, host="a")
+        evaluator(alert_settings, alert_store, alerts, routing).evaluate(moment)
+        outbox.dispatch()
+    assert len(slack.sent) == 3  # at 0, 5 and 10 minutes
+    assert len(manager.sent) >= 11  # first, then re-sent every minute so Alertmanager keeps it active
+
+
+def test_keep_firing_for_longer_than_the_grace_still_resolves(
+    alert_settings: Settings, alert_store: MetricStore, alerts: AlertStore, write_series: WriteSeries, now: datetime
+) -> None:
+    alerts.add_rules([cpu_rule(duration_seconds=0, keep_firing_for=900)])
+    write_series("system.cpu.usage_total", [95] * 3, now, host="a")
+    engine = evaluator(alert_settings, alert_store, alerts)
+    assert engine.evaluate(now).firing == 1
+    later = now + timedelta(minutes=16)
+    write_series("system.cpu.usage_total", [40] * 33, later, host="a")  # clear for the last 16 minutes
+    assert [c["status"] for c in engine.evaluate(later).changes] == ["resolved"]

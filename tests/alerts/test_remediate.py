@@ -121,3 +121,13 @@ def test_the_project_actions_load_and_cover_the_predefined_rules(tmp_path: Path)
     }
     assert named == {"scale_resources", "clear_caches", "block_suspicious_ips", "enhanced_monitoring"}
     assert named <= set(actions)
+
+
+def test_alert_data_cannot_become_an_option_or_move_a_url(alert_settings: Settings, receiver: Receiver) -> None:
+    command = remediator(alert_settings, {"scale": {"command": ["/bin/echo", "{{ labels.host }}"]}}, dry_run=False)
+    record = command(RULE, alert("-oProxyCommand=touch /tmp/x"))
+    assert record["outcome"] == "refused"
+    assert "an option" in record["detail"]["reason"]
+    url = {"http": {"url": f"{receiver.url}/hosts/{{{{ labels.host }}}}/scale"}}
+    planned = remediator(alert_settings, {"scale": url}, dry_run=True)(RULE, alert("evil.example/x?"))
+    assert planned["detail"]["url"] == f"{receiver.url}/hosts/evil.example%2Fx%3F/scale"

@@ -178,3 +178,24 @@ def test_acknowledgement_is_cleared_when_the_alert_fires_again() -> None:
     assert row["status"] == "firing"
     assert row["acknowledged_by"] is None
     assert row["transitions"] == 2
+
+
+def test_an_anomaly_alert_resolves_when_the_findings_stop() -> None:
+    rule = AlertRule("cpu", "Keys", metric_pattern="x", use_anomaly_detection=True)
+    assert (next_state(None, stored("firing"), rule) or {})["status"] == "resolved"  # no finding in the window: clear
+    assert next_state(None, None, rule) is None
+
+
+def test_missing_data_alert_does_not_fire_alerts_that_were_not_pending_or_firing() -> None:
+    rule = AlertRule("cpu", "CPU", metric_pattern="x", threshold_value=90, missing_data="alert")
+    state = stored("resolved", resolved_at=NOW - 60 * US)
+    assert (next_state(None, state, rule) or {})["status"] == "resolved"
+
+
+def test_a_forecast_rule_is_not_stale_between_hourly_forecasts() -> None:
+    rule = AlertRule("cpu", "Disk", metric_pattern="x", threshold_value=95, predicted_breach=0.8)
+    forecast = {**observation(True, held_ago=1800), "sample_ts": NOW - 1800 * US}  # made half an hour ago
+    observations = pl.DataFrame([forecast], schema=OBSERVATION_SCHEMA)
+    states = pl.DataFrame([], schema=_state_schema())
+    (row,) = decide(observations, states, [rule], NOW, forecast_stale_seconds=7200).to_dicts()
+    assert row["status"] == "firing"

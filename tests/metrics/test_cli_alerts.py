@@ -546,7 +546,8 @@ def test_evaluate_sends_and_the_outbox_shows_the_delivery(
     assert body["notification"]["rule_id"] == "hot_cpu"
     assert body["notification"]["status"] == "firing"
     [row] = json_of(cli("alerts", "outbox", "--format", "json").out)
-    assert (row["channel"], row["event"], row["attempts"], row["last_error"]) == ("webhook", "firing:1", 1, None)
+    assert (row["channel"], row["attempts"], row["last_error"]) == ("webhook", 1, None)
+    assert row["event"].startswith("firing:")  # keyed by when the firing began
     assert row["delivered_at"] is not None
     assert row["failed_at"] is None
 

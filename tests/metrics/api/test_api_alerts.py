@@ -460,3 +460,20 @@ def test_the_audit_log_records_rule_changes_and_acknowledgements(api: Api, firin
     assert "admin" in entries[-1][4]
     actions = [e["action"] for e in api.audit()]
     assert actions[:3] == ["add_rules", "acknowledge", "delete_rule"]
+
+
+def test_refused_credentials_fire_the_predefined_authentication_rule(api: Api) -> None:
+    """Eleven 401s in a minute: the API's own auth-failure counter reaches the spec's rule (> 10 in 5 min)."""
+    project = Path(__file__).resolve().parents[3] / "deployments" / "alert-rules.yaml"
+    (rule,) = [r for r in yaml.safe_load(project.read_text())["rules"] if r["rule_id"] == "authentication_failures"]
+    assert api.call("POST", "/rules", "admin", rule).status_code == 201
+    app = api.client.app
+    self_metrics, store = app.state.telemetry.self_metrics, app.state.store  # type: ignore[attr-defined]
+    self_metrics.flush(store)  # the counter before: the rule's increase starts here
+    for _ in range(11):
+        assert api.client.get(PREFIX, headers={"X-API-Key": "mk_bogus_key"}).status_code == 401
+    self_metrics.flush(store)
+    store.flush()
+    cycle = api.evaluate()
+    (change,) = [c for c in cycle["changes"] if c["rule_id"] == "authentication_failures"]
+    assert (change["status"], change["priority"], change["value"]) == ("firing", "CRITICAL", 11.0)

@@ -241,8 +241,8 @@ def test_the_accumulator_writes_per_interval_not_per_request(store: MetricStore)
     self_metrics.record("/health", "GET", 200, 0.001)
     clock[0] += 10
     rows_before = store.writer.stats.rows_written + store.writer.buffered_rows
-    assert self_metrics.flush(store) == 8  # 2 routes x 4 figures, one write
-    assert store.writer.stats.rows_written + store.writer.buffered_rows == rows_before + 8
+    assert self_metrics.flush(store) == 9  # 2 routes x 4 figures and the auth-failure counter, one write
+    assert store.writer.stats.rows_written + store.writer.buffered_rows == rows_before + 9
     frame = self_metric_rows(store).filter(pl.col("tag").struct.field("route") == "/api/v1/query")
     figures = {row["metric"]: row["value"] for row in frame.iter_rows(named=True)}
     assert figures["application.api.request_rate"] == pytest.approx(100.0)
@@ -251,8 +251,22 @@ def test_the_accumulator_writes_per_interval_not_per_request(store: MetricStore)
     assert figures["application.api.response_time"] == pytest.approx(0.002)
     clock[0] += 10
     idle = self_metrics.collect()  # a quiet interval: known routes report a zero rate, nothing else
-    assert {(p["metric_id"], p["value"]) for p in idle} == {("application.api.request_rate", 0.0)}
-    assert len(idle) == 2
+    assert {(p["metric_id"], p["value"]) for p in idle} == {
+        ("application.api.request_rate", 0.0),
+        ("application.api.auth_failures", 0.0),
+    }
+    assert len(idle) == 3
+
+
+def test_refused_credentials_count_in_a_cumulative_counter() -> None:
+    self_metrics = SelfMetrics(10, host="h1")
+    for status in (401, 401, 403, 200, 401):
+        self_metrics.record("/api/v1/query", "GET", status, 0.001)
+    first = {p["metric_id"]: p for p in self_metrics.collect()}["application.api.auth_failures"]
+    assert (first["value"], first["metric_type"], first["tags"]["host"]) == (3.0, "counter", "h1")
+    self_metrics.record("/api/v1/query", "GET", 401, 0.001)
+    second = {p["metric_id"]: p for p in self_metrics.collect()}["application.api.auth_failures"]
+    assert second["value"] == 4.0  # cumulative, so increase() over a window counts the refusals
 
 
 def test_a_server_error_counts_as_a_500_and_in_the_error_rate(client: TestClient) -> None:
@@ -267,7 +281,7 @@ def test_a_server_error_counts_as_a_500_and_in_the_error_rate(client: TestClient
     figures = {
         (p["metric_id"], p["tags"]["route"]): p["value"]
         for p in telemetry.self_metrics.collect()
-        if p["tags"]["route"] == "/explode"
+        if p["tags"].get("route") == "/explode"
     }
     assert figures[("application.api.error_rate", "/explode")] == 1.0
     assert figures[("application.api.client_error_rate", "/explode")] == 0.0
