@@ -343,15 +343,24 @@ def anomaly_observations(store: MetricStore, rules: Sequence[AlertRule], now: da
     if not rules or not store.lake.files("anomalies"):
         return empty_observations()
     now_us = int(now.timestamp() * US)
+    earliest = now_us - int(max(lookback_seconds(rule) for rule in rules) * US)
+    findings = store.sql(
+        "SELECT metric, series_id, tags, epoch_us(ts) AS t, value, score FROM anomalies "
+        "WHERE ts > ? AND ts <= ? AND score >= ? ORDER BY t",
+        [datetime.fromtimestamp(earliest / US, UTC), now, min(rule.anomaly_score for rule in rules)],
+    )
+    metrics = findings.get_column("metric").unique().to_list()
     frames = []
     for rule in rules:
         window_us = int((rule.window_seconds or ANOMALY_WINDOW_SECONDS) * US)
         since = now_us - int(lookback_seconds(rule) * US)
-        found = store.sql(
-            "SELECT metric, series_id, tags, epoch_us(ts) AS t, value, score FROM anomalies "
-            "WHERE regexp_full_match(metric, ?) AND ts > ? AND ts <= ? AND score >= ? ORDER BY t",
-            [rule.metric_pattern, datetime.fromtimestamp(since / US, UTC), now, rule.anomaly_score],
+        pattern = re.compile(rule.metric_pattern)  # Python's re, as for threshold rules (not DuckDB's RE2)
+        found = findings.filter(
+            pl.col("metric").is_in([m for m in metrics if pattern.fullmatch(m)])
+            & (pl.col("t") > since)
+            & (pl.col("score") >= rule.anomaly_score)
         )
+        found = _matching_tags(found, rule)
         if found.is_empty():
             continue
         per_series = found.group_by("series_id", maintain_order=True).agg(
@@ -399,7 +408,7 @@ def forecast_observations(store: MetricStore, rules: Sequence[AlertRule], now: d
     for rule in rules:
         pattern = re.compile(rule.metric_pattern)
         matched = [name for name in metrics if pattern.fullmatch(name)]
-        chosen = forecasts.filter(pl.col("metric").is_in(matched))
+        chosen = _matching_tags(forecasts.filter(pl.col("metric").is_in(matched)), rule)
         for (series_id,), part in chosen.group_by(["series_id"], maintain_order=True):
             chance = breach_chance(
                 part.get_column("yhat").to_numpy(),
@@ -424,6 +433,14 @@ def forecast_observations(store: MetricStore, rules: Sequence[AlertRule], now: d
                 }
             )
     return pl.DataFrame(rows, schema=OBSERVATION_SCHEMA) if rows else empty_observations()
+
+
+def _matching_tags(frame: pl.DataFrame, rule: AlertRule) -> pl.DataFrame:
+    """The rows of ``frame`` (with a ``tags`` JSON column) whose tags satisfy the rule's matchers."""
+    if not rule.tag_matchers or frame.is_empty():
+        return frame
+    keep = [all(m.matches(json.loads(tags)) for m in rule.tag_matchers) for tags in frame.get_column("tags")]
+    return frame.filter(pl.Series(keep, dtype=pl.Boolean))
 
 
 def breach_chance(mean: np.ndarray, upper_95: np.ndarray, lower_95: np.ndarray, rule: AlertRule) -> float:

@@ -98,6 +98,7 @@ class Silences:
         for name, value in (("starts_at", start), ("ends_at", ends_at)):
             if value.tzinfo is None:
                 raise ValidationError(f"{name}: {value.isoformat()} has no time zone")
+        start, ends_at = start.astimezone(UTC), ends_at.astimezone(UTC)  # stored as text: one zone compares right
         if ends_at <= start:
             raise ValidationError(f"ends_at: {ends_at.isoformat()} is not after starts_at {start.isoformat()}")
         silence = Silence(uuid.uuid4().hex[:16], tuple(matchers), start, ends_at, created_by, comment, moment)

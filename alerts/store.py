@@ -141,6 +141,9 @@ class AlertStore:
                 return int(connection.execute("SELECT count(*) FROM rules WHERE source = 'file'").fetchone()[0])
         rules = load_rules_file(self.rules_file)
         with self.transaction(immediate=True) as connection:
+            before = dict(connection.execute("SELECT rule_id, body FROM rules WHERE source = 'file'").fetchall())
+            after = {rule.rule_id: json.dumps(rule.to_dict()) for rule in rules}
+            _forget_changed(connection, before, after)
             connection.execute("DELETE FROM rules WHERE source = 'file'")
             now = time.time()
             connection.executemany(
@@ -176,9 +179,14 @@ class AlertStore:
                 if row is not None and not replace:
                     raise ConflictError(f"rule {rule.rule_id!r} already exists")
             now = time.time()
+            ids = [rule.rule_id for rule in rules]
+            marks = ", ".join("?" for _ in ids)
+            before = dict(connection.execute(f"SELECT rule_id, body FROM rules WHERE rule_id IN ({marks})", ids))
+            after = {rule.rule_id: json.dumps(rule.to_dict()) for rule in rules}
+            _forget_changed(connection, before, {**before, **after})
             connection.executemany(
                 "INSERT OR REPLACE INTO rules (rule_id, body, source, updated_at) VALUES (?, ?, 'api', ?)",
-                [(rule.rule_id, json.dumps(rule.to_dict()), now) for rule in rules],
+                [(rule_id, body, now) for rule_id, body in after.items()],
             )
         return [rule.rule_id for rule in rules]
 
@@ -263,6 +271,15 @@ class AlertStore:
                 (by, now_us, alert_id),
             )
         return self.state(alert_id)
+
+
+def _forget_changed(connection: sqlite3.Connection, before: dict[str, str], after: dict[str, str]) -> None:
+    """Drop the alert states of rules changed or removed: their groups may differ now, and would never clear.
+
+    An alert still breaching under the changed rule fires anew (and is notified) on the next cycle.
+    """
+    stale = [rule_id for rule_id, body in before.items() if after.get(rule_id) != body]
+    connection.executemany("DELETE FROM alert_states WHERE rule_id = ?", [(rule_id,) for rule_id in stale])
 
 
 _PARSED: dict[str, AlertRule] = {}  # stored body -> rule: a process re-reading unchanged rules validates none again

@@ -290,3 +290,18 @@ def test_keep_firing_for_longer_than_the_grace_still_resolves(
     later = now + timedelta(minutes=16)
     write_series("system.cpu.usage_total", [40] * 33, later, host="a")  # clear for the last 16 minutes
     assert [c["status"] for c in engine.evaluate(later).changes] == ["resolved"]
+
+
+def test_changing_a_rule_drops_its_alerts_states(
+    alert_settings: Settings, alert_store: MetricStore, alerts: AlertStore, write_series: WriteSeries, now: datetime
+) -> None:
+    alerts.add_rules([cpu_rule(duration_seconds=0)])
+    write_series("system.cpu.usage_total", [95] * 3, now, host="a")
+    evaluator(alert_settings, alert_store, alerts).evaluate(now)
+    assert len(alerts.states()) == 1
+    alerts.add_rules([cpu_rule(duration_seconds=0)])  # the same rule again: its alerts stay
+    assert len(alerts.states()) == 1
+    alerts.add_rules([cpu_rule(duration_seconds=0, group_by=["host"])])  # new groups: the old alerts would never clear
+    assert alerts.states() == []
+    cycle = evaluator(alert_settings, alert_store, alerts).evaluate(now + timedelta(seconds=30))
+    assert [(c["series"], c["status"]) for c in cycle.changes] == [("High CPU host=a", "firing")]

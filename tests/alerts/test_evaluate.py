@@ -260,3 +260,14 @@ def test_tag_matchers_select_series() -> None:
     pairs = match_series(rules, catalog)
     chosen = {i: sorted(pairs.filter(pl.col("rule_idx") == i)["series_id"].to_list()) for i in range(len(rules))}
     assert chosen == {0: [1], 1: [1, 2, 4], 2: [3], 3: [1, 2, 3]}
+
+
+def test_anomaly_rules_honour_tag_matchers(alert_store: MetricStore, now: datetime) -> None:
+    base = int(now.timestamp() * US)
+    rows = [
+        ("crypto.key.access_count", 7, base - 60 * US, '{"key_id":"k1"}', 500.0, 0.95, True, "ensemble", "v1"),
+        ("crypto.key.access_count", 8, base - 60 * US, '{"key_id":"k2"}', 400.0, 0.95, True, "ensemble", "v1"),
+    ]
+    write_anomalies(alert_store, anomaly_frame(rows, now))
+    rule = AlertRule("k1", "K1", metric_pattern=r"crypto\.key\..*", use_anomaly_detection=True, matchers=("key_id=k1",))
+    assert observe(alert_store, [rule], now)["series"].to_list() == ["crypto.key.access_count key_id=k1"]
