@@ -45,7 +45,7 @@ from typing import Any
 
 import polars as pl
 
-from alerts.evaluate import GRACE_SECONDS, lookback_seconds, observe
+from alerts.evaluate import GRACE_SECONDS, observe
 from alerts.notify import Notification
 from alerts.outbox import enqueue
 from alerts.routing import Delivery, Route, Routing
@@ -116,7 +116,6 @@ def decide(
             "keep_us": [int(r.keep_firing_for * US) for r in rules],
             "stale_us": [int(_stale_seconds(r, forecast_stale_seconds) * US) for r in rules],
             "anomaly": [r.kind == "anomaly" for r in rules],
-            "lookback_us": [int(lookback_seconds(r) * US) for r in rules],
             "missing_data": [r.missing_data for r in rules],
             "rule_priority": [r.priority.value for r in rules],
         },
@@ -125,7 +124,6 @@ def decide(
             "duration_us": pl.Int64,
             "keep_us": pl.Int64,
             "stale_us": pl.Int64,
-            "lookback_us": pl.Int64,
             "missing_data": pl.String,
             "rule_priority": pl.String,
             "anomaly": pl.Boolean,

@@ -16,14 +16,16 @@ An observation is one row per (rule, group) with data:
 ``clear_since``    the first sample of the unbroken run of clear values ending now (µs)
 =================  ==============================================================
 
-**Threshold rules** are judged in a few DuckDB queries for all of them at
-once (one per distinct aggregation and window), over the samples of the
-trailing ``duration + window + grace``: the rules' metric patterns are
-resolved against the series catalog first (a literal pattern by lookup, a
-regular expression by ``re.fullmatch`` over the distinct metric names), the
-matching series joined with their rule's parameters, the window aggregate
-taken per sample (a counter's ``rate`` and ``increase`` from its per-sample
-increases, a drop counted as a reset), and the runs reduced to the row above.
+**Threshold rules** are judged in one DuckDB query for all of them at once
+(a branch per distinct aggregation and window), over the samples of the
+trailing ``max(duration, keep_firing_for) + window + grace``: the rules'
+metric patterns are resolved against the series catalog first (a literal
+pattern by lookup, a regular expression by ``re.fullmatch`` over the distinct
+metric names; ``tag=value`` matchers by one hash join, other matchers per
+series), the matching series joined with their rule's parameters, the window
+aggregate taken per sample (a counter's ``rate`` and ``increase`` from its
+per-sample increases, a drop counted as a reset), and the runs reduced to the
+row above.
 Because everything is judged on the samples' timestamps, a late, repeated or
 restarted evaluation reaches the same verdict from the same data.
 
@@ -229,7 +231,7 @@ def _json_path(name: str) -> str:
 
 
 def threshold_observations(store: MetricStore, rules: Sequence[AlertRule], now: datetime) -> pl.DataFrame:
-    """Observations of threshold rules: a few DuckDB queries over the recent samples of every matching series."""
+    """Observations of threshold rules: one DuckDB query over the recent samples of every matching series."""
     if not rules:
         return empty_observations()
     catalog = store.engine.series("*")
