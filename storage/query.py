@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,69 +31,32 @@ import pyarrow as pa
 from metrics.errors import QueryError, ValidationError
 from metrics.model import TAG_KEY_RE
 from metrics.timestamps import parse_duration, parse_timestamp, to_utc
+from storage.aggregate import (
+    AGGREGATIONS,
+    PERCENTILES,
+    FileSources,
+    TimeRange,
+    ViewSources,
+    combine_sql,
+    floor_to,
+    inline_params,
+    partials_sql,
+    percentile_sql,
+    tag_path,
+)
 from storage.lake import SERIES_TABLE, TABLES, Lake
-from storage.rollups import ROLLUP_SQL, covered_days
 from storage.series import read_catalog
 from storage.views import (
     connect,
-    file_list,
     samples_source,
-    sql_string,
     table_has_files,
     view_statements,
     write_database_file,
 )
 
-AGGREGATIONS = ("avg", "min", "max", "sum", "count", "last", "rate", "increase", "p50", "p95", "p99")
-ROLLUP_AGGREGATIONS = frozenset({"avg", "min", "max", "sum", "count", "last", "rate", "increase"})
-PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-# Partial aggregates per series and bucket: how raw samples and rollup rows give
-# them, and how partials of a wider bucket combine (None: only used for stepping).
-_INCREASE_SQL = "sum(CASE WHEN d IS NULL THEN 0 WHEN d >= 0 THEN d ELSE value END)"
-_PARTIALS: dict[str, tuple[str, str, str | None]] = {
-    "n": ("count(*)", "count", "sum(n)"),
-    "s": ("sum(value)", "sum", "sum(s)"),
-    "lo": ("min(value)", "min", "min(lo)"),
-    "hi": ("max(value)", "max", "max(hi)"),
-    "first": ("arg_min(value, ts)", "first", None),
-    "last": ("arg_max(value, ts)", "last", "arg_max(last, last_ts)"),
-    "last_ts": ("max(ts)", "last_ts", "max(last_ts)"),
-    "inc": (_INCREASE_SQL, "increase", "sum(inc)"),
-}
-# The partials each aggregation needs, and its final value per series and per group.
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "avg": ("n", "s"),
-    "sum": ("s",),
-    "count": ("n",),
-    "min": ("lo",),
-    "max": ("hi",),
-    "last": ("last", "last_ts"),
-    "rate": ("first", "last", "last_ts", "inc"),
-    "increase": ("first", "last", "last_ts", "inc"),
-}
-_FINAL: dict[str, tuple[str, str]] = {
-    "avg": ("s / n", "sum(s) / sum(n)"),
-    "sum": ("s", "sum(s)"),
-    "count": ("n::DOUBLE", "sum(n)::DOUBLE"),
-    "min": ("lo", "min(lo)"),
-    "max": ("hi", "max(hi)"),
-    "last": ("last", "arg_max(last, last_ts)"),
-    "rate": ("inc / STEP", "sum(inc) / STEP"),
-    "increase": ("inc", "sum(inc)"),
-}
-# Rollups of a width pay off only over ranges long enough that raw samples of a
-# series span several row groups; shorter ranges read raw samples in one pass.
 _RESULT_COLUMNS = ("ts", "metric", "series_id", "tags", "value")
 _READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
-ROLLUP_MIN_RANGE = {3600: timedelta(days=3), 60: timedelta(hours=6)}
-_EMPTY_CATALOG = "(SELECT NULL::BIGINT AS series_id, NULL::VARCHAR AS metric, NULL::VARCHAR AS tags WHERE false)"
-US = 1_000_000
-
-
-def _json_path(key: str) -> str:
-    return '$."' + key + '"'
 
 
 def interval_seconds(interval: str | int | float | timedelta) -> int:
@@ -152,24 +115,6 @@ class MetricFilter:
         return items
 
 
-@dataclass(frozen=True)
-class _Range:
-    start: datetime
-    end: datetime
-
-    @property
-    def first_day(self) -> date:
-        return self.start.date()
-
-    @property
-    def last_day(self) -> date:
-        return (self.end - timedelta(microseconds=1)).date()
-
-    def days_in(self, lake: Lake, table: str = "samples") -> list[date]:
-        """Days of ``table`` that exist and overlap the range (never every calendar day of a long range)."""
-        return [d for d in lake.partitions(table) if self.first_day <= d <= self.last_day]
-
-
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -199,17 +144,6 @@ def resolve_range(
     if start_utc >= end_utc:
         raise QueryError(f"time range: start {start_utc.isoformat()} is not before end {end_utc.isoformat()}")
     return start_utc, end_utc
-
-
-def _floor(moment: datetime, seconds: int) -> datetime:
-    micros = int(moment.timestamp() * US) if moment.microsecond == 0 else _micros(moment)
-    floored = micros // (seconds * US) * seconds * US
-    return datetime.fromtimestamp(floored / US, UTC)
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
 
 
 class QueryEngine:
@@ -304,7 +238,7 @@ class QueryEngine:
         where, params = flt.metric_sql()
         for key, values in items:
             where += f" AND json_extract_string(tags, ?) IN ({', '.join('?' for _ in values)})"
-            params += [_json_path(key), *values]
+            params += [tag_path(key), *values]
         found = self._run(f"SELECT series_id FROM {source} WHERE {where}", params)
         return found.get_column("series_id").to_list()
 
@@ -341,7 +275,7 @@ class QueryEngine:
             Columns ``ts, metric, value, type, tags, series_id`` ordered by metric, series and time.
         """
         flt = MetricFilter(pattern, tags)
-        rng = _Range(*resolve_range(start, end))
+        rng = TimeRange(*resolve_range(start, end))
         with self._reading():
             files = [f.path for f in self.lake.files("samples", rng.first_day, rng.last_day)]
             ids = self._series_ids(flt)
@@ -447,7 +381,7 @@ class QueryEngine:
         evaluation); ``tables`` are registered under their names for the
         query. None when there is no sample file in the range.
         """
-        rng = _Range(start, end)
+        rng = TimeRange(start, end)
         with self._reading():
             files = [f.path for f in self.lake.files("samples", rng.first_day, rng.last_day)]
             if not files:
@@ -486,153 +420,82 @@ class QueryEngine:
         Returns:
             Columns ``ts, metric``, then ``series_id, tags`` (per series) or the group-by tags, then ``value``.
         """
+        with self._reading():
+            planned = self._plan_aggregated(pattern, aggregation, interval, start, end, group_by, tags, use_rollups)
+            if planned is None:
+                return _empty_aggregate(_group_keys(group_by))
+            text, params, group_keys = planned
+            result = self._run(text, params)
+        return result.rename({f"_g{i}": key for i, key in enumerate(group_keys or [])})
+
+    def aggregated_sql(
+        self,
+        pattern: str = "*",
+        aggregation: str = "avg",
+        interval: str | int | timedelta = "1m",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        group_by: Sequence[str] | None = None,
+        tags: Mapping[str, str | Sequence[str]] | None = None,
+        *,
+        use_rollups: bool | None = None,
+    ) -> str | None:
+        """The SQL :meth:`query_aggregated` runs for these arguments, over the lake's views with values inlined.
+
+        Paste it into ``metrics sql`` (or ``duckdb data/metrics.duckdb``) for the
+        same rows: it reads the same days of the same tables (rollups where the
+        query would). None when no data is in range.
+        """
+        with self._reading():
+            planned = self._plan_aggregated(
+                pattern, aggregation, interval, start, end, group_by, tags, use_rollups, portable=True
+            )
+        if planned is None:
+            return None
+        text, params, group_keys = planned
+        if group_keys:
+            renames = ", ".join(f"_g{i} AS {key}" for i, key in enumerate(group_keys))
+            text = f"SELECT * RENAME ({renames}) FROM ({text})"
+        return inline_params(text, params)
+
+    def _plan_aggregated(
+        self,
+        pattern: str,
+        aggregation: str,
+        interval: str | int | timedelta,
+        start: datetime | None,
+        end: datetime | None,
+        group_by: Sequence[str] | None,
+        tags: Mapping[str, str | Sequence[str]] | None,
+        use_rollups: bool | None,
+        *,
+        portable: bool = False,
+    ) -> tuple[str, list[Any], list[str] | None] | None:
+        """(SQL, parameters, group keys) of an aggregated query, or None when nothing is in range (hold the lock)."""
         agg = aggregation.lower() if isinstance(aggregation, str) else ""
         if agg not in AGGREGATIONS:
             raise QueryError(f"aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         step = interval_seconds(interval)
         flt = MetricFilter(pattern, tags)
-        if group_by is not None and (isinstance(group_by, str) or not isinstance(group_by, Sequence)):
-            raise QueryError(f"group_by: expected a list of tag keys, got {group_by!r}")
-        group_keys = list(group_by) if group_by is not None else None
-        for key in group_keys or []:
-            if not isinstance(key, str) or not TAG_KEY_RE.fullmatch(key):
-                raise QueryError(f"group_by: {key!r} is not a tag key")
-            if key in _RESULT_COLUMNS:
-                raise QueryError(f"group_by: {key!r} clashes with a result column ({', '.join(_RESULT_COLUMNS)})")
-        if group_keys is not None and len(set(group_keys)) != len(group_keys):
-            raise QueryError(f"group_by: {group_keys} names a tag twice")
+        group_keys = _group_keys(group_by)
         start_utc, end_utc = resolve_range(start, end)
-        rng = _Range(_floor(start_utc, step), end_utc)
-        with self._reading():
-            ids = self._series_ids(flt)
-            if ids == []:
-                return _empty_aggregate(group_keys)
-            where, params = self._where(flt, ids)
-            if agg in PERCENTILES:
-                per_group_sql, params = self._percentile_sql(rng, step, where, params, agg, group_keys)
-            else:
-                partials = self._partials_sql(rng, step, where, params, agg, use_rollups)
-                if partials is None:
-                    return _empty_aggregate(group_keys)
-                per_group_sql, params = self._combine_sql(partials[0], partials[1], step, agg, group_keys)
-            if per_group_sql is None:
-                return _empty_aggregate(group_keys)
-            result = self._run(per_group_sql, params)
-        return result.rename({f"_g{i}": key for i, key in enumerate(group_keys or [])})
-
-    def _partials_sql(
-        self, rng: _Range, step: int, where: str, params: list[Any], agg: str, use_rollups: bool | None
-    ) -> tuple[str, list[Any]] | None:
-        """SQL of per-series partial aggregates from rollups (covered days) and raw samples (the rest)."""
-        width = _rollup_width(step, agg, rng, use_rollups)
-        table = "rollups_1h" if width == 3600 else "rollups_1m"
-        days = rng.days_in(self.lake)
-        covered = covered_days(self.lake, table, days) if width else set()
-        grain = width or step
-        tail_start = _floor(rng.end, width) if width else rng.end
-        columns = _NEEDS[agg]
-        parts: list[str] = []
-        all_params: list[Any] = []
-
-        raw_days = [d for d in days if d not in covered]
-        raw_files = [f.path for d in raw_days for f in self.lake.files("samples", d, d)]
-        if covered and tail_start < rng.end and tail_start.date() in covered:
-            tail_files = [f.path for f in self.lake.files("samples", tail_start.date(), tail_start.date())]
-        else:
-            tail_files = []
-        for files, lo in ((raw_files, rng.start), (tail_files, max(tail_start, rng.start))):
-            if not files:
-                continue
-            parts.append(_raw_partial(files, grain, where, columns))
-            all_params += [*params, lo, rng.end]
-        rollup_files = [f.path for d in sorted(covered) for f in self.lake.files(table, d, d)]
-        if rollup_files and rng.start < tail_start:
-            selected = ", ".join(f"{ROLLUP_SQL[_PARTIALS[c][1]]} AS {c}" for c in columns)
-            parts.append(
-                f"SELECT series_id, epoch_us(ts) AS b, {selected} FROM read_parquet({file_list(rollup_files)}) "
-                f"WHERE {where} AND ts >= ? AND ts < ?"
-            )
-            all_params += [*params, rng.start, tail_start]
-        if not parts:
+        rng = TimeRange(floor_to(start_utc, step), end_utc)
+        ids = self._series_ids(flt)
+        if ids == []:
             return None
-        return " UNION ALL ".join(f"({p})" for p in parts), all_params
-
-    def _combine_sql(
-        self, partials: str, params: list[Any], step: int, agg: str, group_keys: list[str] | None
-    ) -> tuple[str, list[Any]]:
-        """SQL turning partials into one value per (bucket, series or group)."""
-        step_us = step * US
-        columns = _NEEDS[agg]
-        if "inc" in columns:
-            # Add the step from each partial's previous ``last`` to its ``first`` (reset-aware).
-            previous = "lag(last) OVER (PARTITION BY series_id ORDER BY b)"
-            partials = (
-                f"SELECT * REPLACE (inc + CASE WHEN {previous} IS NULL THEN 0 WHEN first - {previous} >= 0 "
-                f"THEN first - {previous} ELSE first END AS inc) FROM ({partials})"
-            )
-        combined = ", ".join(f"{_PARTIALS[c][2]} AS {c}" for c in columns if _PARTIALS[c][2])
-        per_series = (
-            f"SELECT series_id, (b // {step_us}) * {step_us} AS bucket, {combined} "
-            f"FROM ({partials}) GROUP BY series_id, bucket"
-        )
-        series_value, group_value = _FINAL[agg]
-        series_value = series_value.replace("STEP", repr(float(step)))
-        group_value = group_value.replace("STEP", repr(float(step)))
-        ts = "make_timestamp(bucket)::TIMESTAMPTZ"
-        catalog = self._series_source() or _EMPTY_CATALOG
-        if group_keys is None:
-            text = (
-                f"SELECT {ts} AS ts, c.metric, p.series_id, c.tags, {series_value} AS value "
-                f"FROM ({per_series}) p LEFT JOIN {catalog} c USING (series_id) ORDER BY c.metric, c.tags, ts"
-            )
-            return text, params
-        select_keys, group_cols = self._group_columns(group_keys)
-        text = (
-            f"SELECT {ts} AS ts, c.metric{select_keys}, {group_value} AS value "
-            f"FROM ({per_series}) p LEFT JOIN {catalog} c USING (series_id) "
-            f"GROUP BY bucket, c.metric{group_cols} ORDER BY c.metric{group_cols}, ts"
-        )
-        return text, params
-
-    @staticmethod
-    def _group_columns(group_keys: list[str]) -> tuple[str, str]:
-        """SELECT and GROUP BY fragments for tag keys, under internal names (``_g0``, ...)."""
-        select = "".join(
-            f", json_extract_string(c.tags, {sql_string(_json_path(k))}) AS _g{i}" for i, k in enumerate(group_keys)
-        )
-        group = "".join(f", _g{i}" for i in range(len(group_keys)))
-        return select, group
-
-    def _percentile_sql(
-        self, rng: _Range, step: int, where: str, params: list[Any], agg: str, group_keys: list[str] | None
-    ) -> tuple[str | None, list[Any]]:
-        files = [f.path for f in self.lake.files("samples", rng.first_day, rng.last_day)]
-        if not files:
-            return None, params
-        q = PERCENTILES[agg]
-        bucket = f"(epoch_us(ts) // {step * US}) * {step * US}"
-        raw = (
-            f"SELECT metric, series_id, {bucket} AS bucket, value FROM {samples_source(files)} "
-            f"WHERE {where} AND ts >= ? AND ts < ?"
-        )
-        all_params = [*params, rng.start, rng.end]
-        catalog = self._series_source() or "(SELECT NULL::BIGINT AS series_id, NULL::VARCHAR AS tags)"
-        ts = "make_timestamp(bucket)::TIMESTAMPTZ"
-        if group_keys is None:
-            text = (
-                f"SELECT {ts} AS ts, r.metric, r.series_id, any_value(c.tags) AS tags, "
-                f"quantile_cont(value, {q}) AS value "
-                f"FROM ({raw}) r LEFT JOIN {catalog} c USING (series_id) "
-                "GROUP BY bucket, r.metric, r.series_id ORDER BY r.metric, tags, ts"
-            )
-        else:
-            select_keys, group_cols = self._group_columns(group_keys)
-            text = (
-                f"SELECT {ts} AS ts, r.metric{select_keys}, quantile_cont(value, {q}) AS value "
-                f"FROM ({raw}) r LEFT JOIN {catalog} c USING (series_id) "
-                f"GROUP BY bucket, r.metric{group_cols} ORDER BY r.metric{group_cols}, ts"
-            )
-        return text, all_params
+        sources = ViewSources(flt.tag_items()) if portable else FileSources(self._series_source())
+        where, params = flt.metric_sql()
+        if ids is not None:
+            extra, extra_params = sources.series_filter(where, params, ids)
+            where, params = where + extra, params + extra_params
+        if agg in PERCENTILES:
+            text, params = percentile_sql(self.lake, sources, rng, step, where, params, agg, group_keys)
+            return None if text is None else (text, params, group_keys)
+        partials = partials_sql(self.lake, sources, rng, step, where, params, agg, use_rollups)
+        if partials is None:
+            return None
+        text, params = combine_sql(sources, partials[0], partials[1], step, agg, group_keys)
+        return text, params, group_keys
 
     # -- ad-hoc SQL and views ------------------------------------------------------
     def sql(self, text: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
@@ -683,31 +546,19 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
-def _rollup_width(step: int, agg: str, rng: _Range, use_rollups: bool | None) -> int:
-    """Width (seconds) of the rollups to read for this query, or 0 for raw samples only.
-
-    ``use_rollups`` None picks rollups by the range's length; True uses them
-    whenever the interval and aggregation allow; False never.
-    """
-    if use_rollups is False or agg not in ROLLUP_AGGREGATIONS:
-        return 0
-    for width in (3600, 60):
-        if step % width == 0 and (use_rollups or rng.end - rng.start >= ROLLUP_MIN_RANGE[width]):
-            return width
-    return 0
-
-
-def _raw_partial(files: list[Path], grain: int, where: str, columns: tuple[str, ...]) -> str:
-    """SQL of partial aggregates per series and ``grain``-second bucket from raw samples."""
-    bucket = f"(epoch_us(ts) // {grain * US}) * {grain * US}"
-    source = (
-        f"(SELECT series_id, ts, value, {bucket} AS b FROM {samples_source(files)} "
-        f"WHERE {where} AND ts >= ? AND ts < ?)"
-    )
-    if "inc" in columns:
-        source = f"(SELECT *, value - lag(value) OVER (PARTITION BY series_id, b ORDER BY ts) AS d FROM {source})"
-    selected = ", ".join(f"{_PARTIALS[c][0]} AS {c}" for c in columns)
-    return f"SELECT series_id, b, {selected} FROM {source} GROUP BY series_id, b"
+def _group_keys(group_by: Sequence[str] | None) -> list[str] | None:
+    """Validated group-by tag keys (None: one row per series)."""
+    if group_by is not None and (isinstance(group_by, str) or not isinstance(group_by, Sequence)):
+        raise QueryError(f"group_by: expected a list of tag keys, got {group_by!r}")
+    group_keys = list(group_by) if group_by is not None else None
+    for key in group_keys or []:
+        if not isinstance(key, str) or not TAG_KEY_RE.fullmatch(key):
+            raise QueryError(f"group_by: {key!r} is not a tag key")
+        if key in _RESULT_COLUMNS:
+            raise QueryError(f"group_by: {key!r} clashes with a result column ({', '.join(_RESULT_COLUMNS)})")
+    if group_keys is not None and len(set(group_keys)) != len(group_keys):
+        raise QueryError(f"group_by: {group_keys} names a tag twice")
+    return group_keys
 
 
 def _empty_samples() -> pl.DataFrame:

@@ -183,6 +183,22 @@ class MetricStore:
         tags = self.pii.filters(tags)
         return self.engine.query_aggregated(pattern, aggregation, interval, start, end, group_by, tags, **options)
 
+    def aggregated_sql(
+        self,
+        pattern: str = "*",
+        aggregation: str = "avg",
+        interval: str | int | timedelta = "1m",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        group_by: Sequence[str] | None = None,
+        tags: Mapping[str, str | Sequence[str]] | None = None,
+        **options: Any,
+    ) -> str | None:
+        """The SQL of :meth:`query_aggregated`, over the views, ready for :meth:`sql`; see ``QueryEngine``."""
+        self._read_your_writes()
+        tags = self.pii.filters(tags)
+        return self.engine.aggregated_sql(pattern, aggregation, interval, start, end, group_by, tags, **options)
+
     def latest(self, pattern: str = "*", tags: Mapping[str, str | Sequence[str]] | None = None) -> pl.DataFrame:
         """Latest sample per series; see :meth:`QueryEngine.latest`."""
         self._read_your_writes()

@@ -848,3 +848,38 @@ def test_the_database_file_is_current_after_ingest_and_readable_from_elsewhere(
     monkeypatch.chdir(tmp_path)  # another working directory: the views hold absolute paths
     with duckdb.connect(str(settings.data_dir / "metrics.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM samples").fetchone() == (frame.height,)
+
+
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+def test_the_shown_sql_gives_the_same_rows_through_metrics_sql(
+    store: MetricStore, make_frame: FrameFactory, midnight_end: datetime, agg: str
+) -> None:
+    """``aggregated_sql`` is the query itself: pasted into ``sql()`` it gives what ``query_aggregated`` gives."""
+    ingest(store, midnight_frame(make_frame, midnight_end))
+    store.compact(validate=False)
+    late = make_frame(("cpu.usage",), hosts=1, points=3, end=midnight_end - timedelta(minutes=2), seed=9)
+    late = late.with_columns(pl.col("ts") + timedelta(seconds=1))  # no two values of a series at one instant
+    ingest(store, late)  # the last day has a raw file again: rollups for the first day, raw samples for the second
+    first = store.sql("SELECT min(ts) AS t FROM samples").item()
+    start, end = first + timedelta(seconds=95), midnight_end + timedelta(seconds=1)
+    cases: list[tuple[str, list[str] | None, dict[str, Any] | None]] = [
+        ("1m", None, None),
+        ("5m", [], None),
+        ("1h", ["host"], {"host": ["host-0", "host-2"]}),
+        ("7m", ["host"], None),
+    ]
+    for interval, group_by, tags in cases:
+        for use_rollups in (True, False):
+            found = store.query_aggregated("*", agg, interval, start, end, group_by, tags, use_rollups=use_rollups)
+            text = store.aggregated_sql("*", agg, interval, start, end, group_by, tags, use_rollups=use_rollups)
+            assert text is not None
+            assert "read_parquet" not in text
+            assert "?" not in text
+            assert ("rollups_1" in text) == (use_rollups and agg not in PERCENTILES), text
+            pasted = store.sql(text)
+            assert_same(pasted, found, group_by, rel=1e-12)
+    assert store.aggregated_sql("*", agg, "1m", end + timedelta(days=3), end + timedelta(days=4)) is None
+    nothing = store.aggregated_sql("nothing.*", agg, "1m", start, end)
+    assert nothing is not None
+    assert store.sql(nothing).is_empty()
+    assert store.aggregated_sql("*", agg, "1m", start, end, tags={"host": "nobody"}) is None
