@@ -116,7 +116,15 @@ def prometheus_config(target: str) -> str:
 
 def grafana_datasource(url: str) -> str:
     """Grafana's provisioning file for the Prometheus data source at ``url``."""
-    source = {"name": "Prometheus", "type": "prometheus", "access": "proxy", "url": url, "isDefault": True}
+    # The uid the dashboards of deployments/grafana/dashboards name.
+    source = {
+        "name": "Prometheus",
+        "uid": "metrics-prometheus",
+        "type": "prometheus",
+        "access": "proxy",
+        "url": url,
+        "isDefault": True,
+    }
     return _yaml({"apiVersion": 1, "datasources": [source]})
 
 
