@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 
 from metrics.settings import get_settings
-from tasks.artifacts import human_bytes, publish_table
+from tasks.artifacts import dashboard_link, human_bytes, publish_table
 from tasks.maintenance import prune_old_backups, write_backup
 
 
@@ -33,6 +33,7 @@ def backup_lake(output: Path | None = None) -> dict[str, Any]:
         "size": human_bytes(result.bytes_out),
         "sha256": f"`{result.sha256[:16]}…`",
         "old backups removed": len(removed),
+        "dashboard": dashboard_link(settings, "performance"),
     }
     publish_table("backup-lake", [{k: v for k, v in summary.items() if k != "pruned"}], "Backup", figures)
     return summary

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from metrics.settings import get_settings
-from tasks.artifacts import publish_table
+from tasks.artifacts import dashboard_link, publish_table
 from tasks.collect.keys import SOURCES, collect_key_events_task
 
 ARTIFACT = "collect-key-audit-logs"
@@ -21,7 +21,8 @@ def collect_key_audit_logs(sources: list[str] | None = None) -> dict[str, Any]:
     chosen = [name for name in (sources or SOURCES) if configured.get(name)]
     if not chosen:
         print("no audit log paths configured (METRICS_CLOUDTRAIL_PATHS, METRICS_VAULT_AUDIT_PATHS): nothing read")
-        publish_table(ARTIFACT, [{"result": "no audit log paths configured"}], "No key audit logs configured", {})
+        link = {"dashboard": dashboard_link(settings, "keys")}
+        publish_table(ARTIFACT, [{"result": "no audit log paths configured"}], "No key audit logs configured", link)
         return {}
     summaries = {name: collect_key_events_task(settings, name) for name in chosen}
     for summary in summaries.values():
@@ -42,10 +43,14 @@ def collect_key_audit_logs(sources: list[str] | None = None) -> dict[str, Any]:
         }
         for s in summaries.values()
     ]
+    violations = sum(s.violations for s in summaries.values())
     figures = {
         "new events": sum(s.events for s in summaries.values()),
-        "policy violations": sum(s.violations for s in summaries.values()),
+        "policy violations": violations,
         "problems": sum(s.problems for s in summaries.values()),
+        "dashboard": dashboard_link(settings, "keys"),
     }
+    if violations:
+        figures["security"] = dashboard_link(settings, "security")
     publish_table(ARTIFACT, rows, "Key audit logs", figures)
     return {name: summary.to_dict() for name, summary in summaries.items()}

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 
 from metrics.settings import get_settings
-from tasks.artifacts import publish_table
+from tasks.artifacts import dashboard_link, publish_table
 from tasks.collect.system import collect_system_samples
 
 
@@ -22,6 +22,7 @@ def collect_system_metrics(window_seconds: float | None = None) -> dict[str, Any
         "rows written": summary.samples_stored,
         "saved by adaptive sampling": summary.samples_saved,
         "rejected": summary.rejected,
+        "dashboard": dashboard_link(settings, "system", range="1h", host=summary.host),
     }
     publish_table("collect-system-metrics", [asdict(summary)], f"System metrics of {summary.host}", figures)
     return {**asdict(summary), "samples_saved": summary.samples_saved}

@@ -8,14 +8,15 @@ from typing import Any
 from prefect import flow
 
 from metrics.settings import get_settings
-from tasks.artifacts import human_bytes, publish_table
+from tasks.artifacts import dashboard_link, human_bytes, publish_table
 from tasks.maintenance import compact_partitions
 
 
 @flow(name="compact-lake", log_prints=True)
 def compact_lake(days: list[date] | None = None) -> dict[str, Any]:
     """Merge each day's small files into one sorted, validated file with rollups (every day, or ``days``)."""
-    results = compact_partitions(get_settings(), days)
+    settings = get_settings()
+    results = compact_partitions(settings, days)
     rows = [
         {
             "day": r.day.isoformat(),
@@ -42,6 +43,7 @@ def compact_lake(days: list[date] | None = None) -> dict[str, Any]:
         "files removed": totals["files_removed"],
         "bytes": f"{human_bytes(totals['bytes_before'])} → {human_bytes(totals['bytes_after'])}",
         "quarantined": totals["quarantined"],
+        "dashboard": dashboard_link(settings, "performance"),
     }
     publish_table("compact-lake", rows, "Compaction", figures)
     return totals

@@ -8,7 +8,7 @@ from prefect import flow
 
 from metrics.settings import get_settings
 from tasks.alerts import dispatch_notifications_task, evaluate_alerts_task
-from tasks.artifacts import publish_table
+from tasks.artifacts import dashboard_link, publish_table
 
 ARTIFACT = "evaluate-alerts"
 
@@ -25,7 +25,7 @@ def evaluate_alerts() -> dict[str, Any]:
         "pending": cycle.pending,
         "notifications sent": sent.delivered,
         "waiting": sent.waiting,
-        "dashboard": f"[alerts]({(settings.dashboard_url or f'http://{settings.api_host}:{settings.api_port}').rstrip('/')}/dashboards/alerts)",
+        "dashboard": dashboard_link(settings, "alerts"),
     }
     changes = [
         {key: change[key] for key in ("rule_id", "series", "previous", "status", "priority", "value")}

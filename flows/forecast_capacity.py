@@ -7,13 +7,13 @@ from typing import Any
 
 from prefect import flow
 
-from metrics.charts import data_uri
 from metrics.settings import get_settings
-from tasks.artifacts import publish_markdown, publish_table
+from tasks.artifacts import dashboard_link, publish_chart, publish_table, range_param
 from tasks.forecasts import forecast_capacity_task, forecast_chart_task
 
 ARTIFACT = "forecast-capacity"
 CHART_ARTIFACT = "forecast-capacity-chart"
+CHART_FILE = "forecast-capacity.png"
 
 
 @flow(name="forecast-capacity", log_prints=True)
@@ -22,18 +22,23 @@ def forecast_capacity() -> dict[str, Any]:
     settings = get_settings()
     summary = forecast_capacity_task(settings)
     soonest = [risk.to_dict() for risk in summary.risks[:10]]
+    link = dashboard_link(settings, "system", range=range_param(settings.forecast_history_days * 86_400))
     figures = {
         "series forecast": summary.series,
         "forecast rows": summary.rows,
         "capacity risks": sum(1 for risk in summary.risks if risk.days is not None),
+        "dashboard": link,
     }
     publish_table(ARTIFACT, soonest, "Capacity risks", figures)
-    png = forecast_chart_task(summary, settings)
+    png = forecast_chart_task(summary)
     advice = summary.scaling.reason if summary.scaling else "no CPU series to size the fleet by."
     if png is not None:
         titles = ", ".join(panel.title for panel in summary.panels)
-        markdown = f"### Forecasts, {settings.forecast_horizon} h ahead\n\n![forecasts: {titles}]({data_uri(png)})\n\n"
-        publish_markdown(CHART_ARTIFACT, markdown + f"**Scaling:** {advice}\n", f"Forecast chart: {titles}")
+        publish_chart(
+            settings, CHART_ARTIFACT, png, filename=CHART_FILE, title=f"Forecasts, {settings.forecast_horizon} h ahead",
+            description=f"Forecast chart: {titles}", alt=f"forecasts: {titles}",
+            footer=f"**Scaling:** {advice}\n\n{link}\n",
+        )  # fmt: skip
     for risk in summary.risks[:3]:
         print(risk.summary)
     print(f"Scaling: {advice}")

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from metrics.settings import get_settings
-from tasks.artifacts import human_bytes, publish_table
+from tasks.artifacts import dashboard_link, human_bytes, publish_table
 from tasks.maintenance import drop_expired_partitions
 
 
@@ -21,6 +21,7 @@ def retention_cleanup(dry_run: bool = False) -> dict[str, Any]:
         "cutoff": result.cutoff.isoformat(),
         f"partitions {action}": len(result.partitions),
         "bytes freed": human_bytes(result.bytes_freed),
+        "dashboard": dashboard_link(settings, "performance"),
     }
     publish_table(
         "retention-cleanup",

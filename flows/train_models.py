@@ -8,7 +8,7 @@ from prefect import flow
 
 from metrics.settings import get_settings
 from tasks.anomalies import train_models_task
-from tasks.artifacts import publish_table
+from tasks.artifacts import dashboard_link, publish_table
 
 ARTIFACT = "train-models"
 
@@ -16,11 +16,13 @@ ARTIFACT = "train-models"
 @flow(name="train-models", log_prints=True)
 def train_models() -> dict[str, Any]:
     """Train the configured detector (``anomaly.detector``) per series on its last ``anomaly.train_days`` days."""
-    summary = train_models_task(get_settings())
+    settings = get_settings()
+    summary = train_models_task(settings)
     figures = {
         "models trained": len(summary.trained),
         "series skipped": summary.skipped,
         "versions pruned": summary.pruned,
+        "dashboard": dashboard_link(settings, "performance"),
     }
     publish_table(ARTIFACT, summary.trained, "Anomaly models", figures)
     return {

@@ -1,9 +1,13 @@
-"""Forecast charts as PNG: history, the forecast's mean, its 80 % and 95 % bands and the limit, one panel per series.
+"""Charts as PNG, one panel per series: forecasts (history, mean, 80 % and 95 % bands, limit) and anomalies.
 
 Rendered with matplotlib's Agg canvas directly (no pyplot: no global figure
-state, safe in worker threads and Prefect tasks). The flow
-``forecast-capacity`` embeds the picture in its Prefect artifact;
-``metrics capacity --plot`` and ``metrics forecast --plot`` write it to a file.
+state, safe in worker threads and Prefect tasks). Both kinds share one
+pipeline: a grid of panels (:func:`_render`) → PNG bytes → :func:`data_uri` for
+markdown and :func:`save_png` for a file. The flows ``forecast-capacity`` and
+``score-anomalies`` embed their picture in a Prefect artifact and keep it
+under ``<data_dir>/charts/`` (:func:`tasks.artifacts.publish_chart`);
+``metrics capacity --plot`` and ``metrics forecast --plot`` write a forecast
+chart to a file.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import base64
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import matplotlib
 
@@ -32,6 +37,7 @@ from models.forecast.forecaster import Forecast
 HISTORY_COLOUR = "#3b6ea5"
 FORECAST_COLOUR = "#d9730d"
 LIMIT_COLOUR = "#c0392b"
+ANOMALY_COLOUR = "#e02020"
 PANEL_INCHES = (6.4, 3.0)
 DPI = 100
 
@@ -86,6 +92,55 @@ def forecast_chart(panels: Sequence[ForecastPanel], *, columns: int = 2, history
         raise ValidationError("a forecast chart needs at least one series")
     if columns < 1 or history_points < 1:
         raise ValidationError(f"columns ({columns}) and history_points ({history_points}) must be >= 1")
+    return _render(panels, columns, lambda axes, panel: _draw(axes, panel, history_points))
+
+
+@dataclass(frozen=True)
+class AnomalyPanel:
+    """One series to draw with its anomalies: values over the scored window, the anomalous rows marked.
+
+    Args:
+        title: the panel's title (the metric and its tags).
+        ts: the values' timestamps, µs since the epoch.
+        values: the series as scored (a counter as its rate).
+        anomaly_ts: the timestamps (µs) of the rows flagged as anomalies.
+        anomaly_values: their values.
+    """
+
+    title: str
+    ts: np.ndarray
+    values: np.ndarray
+    anomaly_ts: np.ndarray
+    anomaly_values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.ts) != len(self.values):
+            raise ValidationError(f"ts has {len(self.ts)} values, values {len(self.values)}")
+        if len(self.anomaly_ts) != len(self.anomaly_values):
+            raise ValidationError(
+                f"anomaly_ts has {len(self.anomaly_ts)} values, anomaly values {len(self.anomaly_values)}"
+            )
+
+
+def anomaly_chart(panels: Sequence[AnomalyPanel], *, columns: int = 2) -> bytes:
+    """A PNG of the panels in a grid of ``columns``: each series as a line, its anomalies as red points.
+
+    Args:
+        panels: the series to draw (at least one).
+        columns: panels per row (fewer when there are fewer panels).
+    """
+    if not panels:
+        raise ValidationError("an anomaly chart needs at least one series")
+    if columns < 1:
+        raise ValidationError(f"columns ({columns}) must be >= 1")
+    return _render(panels, columns, _draw_anomalies)
+
+
+Panel = TypeVar("Panel")
+
+
+def _render(panels: Sequence[Panel], columns: int, draw: Callable[[Axes, Panel], None]) -> bytes:
+    """The shared pipeline of every chart: a grid of ``columns`` panels, each drawn by ``draw``, as PNG bytes."""
     across = min(columns, len(panels))
     down = math.ceil(len(panels) / across)
     figure = Figure(figsize=(PANEL_INCHES[0] * across, PANEL_INCHES[1] * down), dpi=DPI, layout="constrained")
@@ -93,7 +148,7 @@ def forecast_chart(panels: Sequence[ForecastPanel], *, columns: int = 2, history
     grid = figure.subplots(down, across, squeeze=False)
     for index, axes in enumerate(grid.flat):
         if index < len(panels):
-            _draw(axes, panels[index], history_points)
+            draw(axes, panels[index])
         else:
             axes.set_axis_off()
     buffer = io.BytesIO()
@@ -124,19 +179,39 @@ def _draw(axes: Axes, panel: ForecastPanel, history_points: int) -> None:
     axes.plot(future_x, forecast.mean, color=FORECAST_COLOUR, linewidth=1.4, linestyle="--", label=forecast.method)
     if panel.limit is not None:
         axes.axhline(panel.limit, color=LIMIT_COLOUR, linewidth=1.0, linestyle=":", label=f"limit {panel.limit:g}")
-    axes.set_title(panel.title, fontsize=9, loc="left")
+    _style(axes, panel.title, timed=panel.history_ts is not None)
+    finite = np.concatenate([history_y[np.isfinite(history_y)], forecast.lower_95, forecast.upper_95])
+    if panel.limit is not None and len(finite) and np.max(finite) >= 0.5 * panel.limit:
+        finite = np.append(finite, panel.limit)  # show the limit when the series comes within reach of it
+    _fit_y(axes, finite)
+
+
+def _draw_anomalies(axes: Axes, panel: AnomalyPanel) -> None:
+    as_time = np.asarray(panel.ts, dtype="int64").astype("datetime64[us]")
+    axes.plot(as_time, panel.values, color=HISTORY_COLOUR, linewidth=1.1, label="observed")
+    marked = np.asarray(panel.anomaly_ts, dtype="int64").astype("datetime64[us]")
+    axes.scatter(marked, panel.anomaly_values, color=ANOMALY_COLOUR, s=22, zorder=3, label=f"anomalies ({len(marked)})")
+    _style(axes, panel.title, timed=True)
+    values = np.concatenate([np.asarray(panel.values, dtype=float), np.asarray(panel.anomaly_values, dtype=float)])
+    _fit_y(axes, values[np.isfinite(values)])
+
+
+def _style(axes: Axes, title: str, *, timed: bool) -> None:
+    """Title, grid, legend and ticks of a panel; a date axis when ``timed``, else step numbers."""
+    axes.set_title(title, fontsize=9, loc="left")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="upper left", frameon=False, ncols=5)
     axes.tick_params(labelsize=8)
-    if panel.history_ts is not None:
+    if timed:
         locator = AutoDateLocator()
         axes.xaxis.set_major_locator(locator)
         axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     else:
         axes.set_xlabel("step", fontsize=8)
-    finite = np.concatenate([history_y[np.isfinite(history_y)], forecast.lower_95, forecast.upper_95])
-    if panel.limit is not None and len(finite) and np.max(finite) >= 0.5 * panel.limit:
-        finite = np.append(finite, panel.limit)  # show the limit when the series comes within reach of it
+
+
+def _fit_y(axes: Axes, finite: np.ndarray) -> None:
+    """The y range of the finite values, padded (a constant series still gets a visible axis)."""
     if len(finite):
         low, high = float(np.min(finite)), float(np.max(finite))
         pad = (high - low) * 0.08 or max(abs(high) * 0.05, 1.0)

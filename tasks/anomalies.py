@@ -23,6 +23,12 @@ scored by the hour-of-week profile (:mod:`models.profile`, detector
 ``profile``) over the last four weeks: a key used far more than at the same
 hour of past weeks. One scoring run at a time per data directory (a lock);
 a row written twice after a crash has the same score, and readers keep one.
+
+**Chart.** The summary carries up to :data:`CHART_PANELS` panels for
+:func:`metrics.charts.anomaly_chart`: the series with anomalies this run, the
+highest score first, each over the scoring window (``score_warmup_hours``,
+earlier if an anomaly is older) with its anomalies marked; the series as
+scored, so a key's usage judged by its profile is drawn as counts per row.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
@@ -42,6 +48,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from metrics.charts import AnomalyPanel, anomaly_chart
 from metrics.errors import ValidationError
 from metrics.processes import parallel_map
 from metrics.settings import Settings
@@ -53,7 +60,7 @@ from models.training import FitJob, fit_model
 from storage.anomalies import anomaly_frame, write_anomalies
 from storage.statedb import exclusive_lock
 from storage.store import MetricStore
-from tasks.anomaly_series import US, SeriesData, SeriesGroup, load_series, series_groups
+from tasks.anomaly_series import US, SeriesData, SeriesGroup, load_series, series_groups, tags_label
 from tasks.collect.checkpoints import Checkpoints
 
 CANDIDATE_LEVEL = QuietPeriod.level  # rows scoring this much are written
@@ -64,6 +71,7 @@ KEY_USAGE_METRICS = ("crypto.key.access_count",)  # also scored against their ho
 PROFILE = "profile"
 PROFILE_WEEKS = 4
 JOINT = JointForest.name
+CHART_PANELS = 4  # series in the run's anomaly chart
 
 
 def sensitivity_threshold(sensitivity: float) -> float:
@@ -96,6 +104,13 @@ class ScoreSummary:
     model_errors: list[str] = field(default_factory=list)
     top: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    panels: list[AnomalyPanel] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures and the top anomalies (not the chart's panels), as plain data."""
+        figures = asdict(replace(self, panels=[]))
+        del figures["panels"]
+        return figures
 
 
 class AnomalyScorer:
@@ -194,7 +209,8 @@ class AnomalyScorer:
             for group in series_groups(items, self.settings.anomaly_group_tags):
                 self._score_group(group, joint_models, begin, summary, state, rows)
             usage = [p for p in KEY_USAGE_METRICS if any(fnmatchcase(p, c) for c in chosen)]
-            for item in load_series(self.store, usage, end - timedelta(weeks=PROFILE_WEEKS), end, limit):
+            usage_items = load_series(self.store, usage, end - timedelta(weeks=PROFILE_WEEKS), end, limit)
+            for item in usage_items:
                 counts = item.counts if item.counts is not None else item.values
                 scores = make_detector(PROFILE).score((item.ts, counts))
                 fed = np.ones(len(item.ts), dtype=bool)
@@ -218,6 +234,7 @@ class AnomalyScorer:
             }
             for row in top
         ]
+        summary.panels = chart_panels(rows, items, usage_items, int(begin.timestamp() * US))
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -340,6 +357,36 @@ class AnomalyScorer:
         return write_anomalies(self.store, anomaly_frame(rows, scored_at))
 
 
+def chart_panels(
+    rows: Sequence[tuple[Any, ...]],
+    items: Sequence[SeriesData],
+    usage: Sequence[SeriesData],
+    begin_us: int,
+    most: int = CHART_PANELS,
+) -> list[AnomalyPanel]:
+    """The chart of a run: up to ``most`` series with anomalies among ``rows``, the highest score first.
+
+    Each is drawn as scored, from ``begin_us`` (or its oldest anomaly, if earlier): ``items`` as their
+    values (a counter's rate), ``usage`` (scored by the hour-of-week profile) as their counts per row.
+    """
+    marked: dict[tuple[int, bool], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        if row[6]:  # is_anomaly
+            marked.setdefault((int(row[1]), row[7] == PROFILE), []).append(row)
+    lookup = {(item.series_id, False): (item, item.values) for item in items}
+    lookup |= {(item.series_id, True): (item, item.values if item.counts is None else item.counts) for item in usage}
+    ranked = sorted((key for key in marked if key in lookup), key=lambda key: -max(row[5] for row in marked[key]))
+    panels = []
+    for key in ranked[:most]:
+        item, values = lookup[key]
+        stamps = np.array([row[2] for row in marked[key]], dtype=np.int64)
+        shown = item.ts >= min(begin_us, int(stamps.min()))
+        title = f"{item.metric} {tags_label(item.tags)}".strip() + (" (count per row, profile)" if key[1] else "")
+        found = np.array([row[4] for row in marked[key]], dtype=float)
+        panels.append(AnomalyPanel(title, item.ts[shown], values[shown], stamps, found))
+    return panels
+
+
 def _moment(micros: int) -> datetime:
     return datetime.fromtimestamp(int(micros) / US, UTC)
 
@@ -369,3 +416,11 @@ def score_anomalies_task(settings: Settings) -> ScoreSummary:
         return AnomalyScorer(settings, store).score()
     finally:
         store.close()
+
+
+@task(name="anomaly-chart", cache_policy=NO_CACHE)
+def anomaly_chart_task(summary: ScoreSummary) -> bytes | None:
+    """Prefect task: the run's anomaly chart as PNG (None without anomalies); the flow publishes and keeps it."""
+    if not summary.panels:
+        return None
+    return anomaly_chart(summary.panels)

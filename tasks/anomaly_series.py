@@ -130,6 +130,20 @@ class SeriesGroup:
         raise KeyError(column)
 
 
+def parse_tags(tags: str) -> dict[str, str]:
+    """A series' tags (JSON, as stored) as a dict; empty when they are not a JSON object."""
+    try:
+        parsed = json.loads(tags) if tags else {}
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}
+
+
+def tags_label(tags: str) -> str:
+    """``host=web-1 mount=/`` of a series' tags (JSON), sorted by name."""
+    return " ".join(f"{k}={v}" for k, v in sorted(parse_tags(tags).items()))
+
+
 def group_id(key: str) -> int:
     """A stable positive 63-bit number for a group key."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") & (2**63 - 1)

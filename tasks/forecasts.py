@@ -30,7 +30,6 @@ urgent risks first, then the other series) for
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,14 +42,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from metrics.charts import ForecastPanel, forecast_chart, save_png
+from metrics.charts import ForecastPanel, forecast_chart
 from metrics.processes import parallel_map
 from metrics.settings import Settings
 from models.forecast.capacity import ScalingAdvice, breach_probability, scaling_advice, time_to_limit
 from models.forecast.forecaster import AutoForecaster, Forecast
 from storage.forecasts import forecast_frame, write_forecasts
 from storage.store import MetricStore
-from tasks.anomaly_series import US, SeriesData, load_series
+from tasks.anomaly_series import US, SeriesData, load_series, parse_tags, tags_label
 
 HOUR_US = 3600 * US
 LIMITS = {
@@ -190,7 +189,7 @@ class CapacityPlanner:
             summary.methods[forecast.method] = summary.methods.get(forecast.method, 0) + 1
             future = int(hours[-1]) + HOUR_US * np.arange(1, horizon + 1)
             limit = limit_of(item.metric, self.settings) if item.kind == "gauge" else None
-            title = f"{item.metric} {_label(item.tags)}".strip()
+            title = f"{item.metric} {tags_label(item.tags)}".strip()
             panels[item.series_id] = ForecastPanel(title, values, forecast, hours, future, limit)
             if item.metric == SCALING_METRIC:
                 cpu.append(forecast)
@@ -199,7 +198,7 @@ class CapacityPlanner:
                 continue
             risk = self._risk(item, title, values, forecast, limit)
             risk_panels.append((risk, panels.pop(item.series_id)))
-            tags = {**_tags(item.tags), "target": item.metric}
+            tags = {**parse_tags(item.tags), "target": item.metric}
             gauges.append({"metric": PROBABILITY_METRIC, "value": risk.breach_probability, **tags})
             if risk.days is not None:
                 gauges.append({"metric": DAYS_METRIC, "value": risk.days, **tags})
@@ -255,19 +254,6 @@ class CapacityPlanner:
         return len(gauges)
 
 
-def _tags(tags: str) -> dict[str, str]:
-    try:
-        parsed = json.loads(tags) if tags else {}
-    except json.JSONDecodeError:
-        return {}
-    return {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}
-
-
-def _label(tags: str) -> str:
-    """``mount=/ host=web-1`` of a series' tags."""
-    return " ".join(f"{k}={v}" for k, v in sorted(_tags(tags).items()))
-
-
 @task(
     name="forecast-capacity",
     retries=1,
@@ -284,10 +270,8 @@ def forecast_capacity_task(settings: Settings) -> ForecastSummary:
 
 
 @task(name="forecast-chart", cache_policy=NO_CACHE)
-def forecast_chart_task(summary: ForecastSummary, settings: Settings) -> bytes | None:
-    """Prefect task: the run's forecast chart as PNG, also kept as ``<data_dir>/charts/forecast-capacity.png``."""
+def forecast_chart_task(summary: ForecastSummary) -> bytes | None:
+    """Prefect task: the run's forecast chart as PNG (None without series); the flow publishes and keeps it."""
     if not summary.panels:
         return None
-    png = forecast_chart(summary.panels)
-    save_png(png, settings.data_dir / "charts" / "forecast-capacity.png")
-    return png
+    return forecast_chart(summary.panels)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 from uuid import UUID
 
 import pytest
@@ -59,3 +61,20 @@ def run_flow(prefect_server: None) -> RunFlow:
         return state.result(), artifacts
 
     return run
+
+
+DASHBOARD_LINK = re.compile(r"\[(\w+) dashboard\]\(([^)\s]+)\)")
+
+
+def dashboard_links(artifact: Artifact) -> dict[str, dict[str, str]]:
+    """The dashboards an artifact links to (in its headline or its markdown): name -> the link's query parameters.
+
+    Every link is checked to be ``[<name> dashboard](<base>/dashboards/<name>?…)``.
+    """
+    found: dict[str, dict[str, str]] = {}
+    for name, url in DASHBOARD_LINK.findall(f"{artifact.description or ''}\n{artifact.data or ''}"):
+        parts = urlsplit(url)
+        assert parts.scheme in ("http", "https"), url
+        assert parts.path.endswith(f"/dashboards/{name}"), url
+        found[name] = dict(parse_qsl(parts.query))
+    return found

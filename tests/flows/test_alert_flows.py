@@ -13,7 +13,7 @@ from flows.evaluate_alerts import evaluate_alerts
 from metrics.settings import Settings
 from storage.store import MetricStore
 from tests.alerts.channels import Receiver
-from tests.flows.conftest import RunFlow
+from tests.flows.conftest import RunFlow, dashboard_links
 
 RULES = """
 rules:
@@ -56,6 +56,7 @@ def test_evaluate_alerts_notifies_slack_once(
     assert (result["firing"], result["notifications"], result["dispatch"]["delivered"]) == (1, 1, 1)
     assert artifacts[0].key == "evaluate-alerts"
     assert "firing: 1" in (artifacts[0].description or "")
+    assert dashboard_links(artifacts[0]) == {"alerts": {}}
     (request,) = receiver.wait_for(1)
     text = json.dumps(request.json())
     assert "High CPU usage" in text

@@ -20,7 +20,7 @@ from metrics.settings import Settings
 from storage.backup import restore_backup, verify_backup
 from storage.store import MetricStore
 from tests.conftest import SPEC_SYSTEM_METRICS, FrameFactory
-from tests.flows.conftest import RunFlow
+from tests.flows.conftest import RunFlow, dashboard_links
 
 
 def ingest(settings: Settings, frame: pl.DataFrame) -> None:
@@ -51,6 +51,7 @@ def test_collect_system_metrics_stores_the_spec_names(flow_settings: Settings, r
     assert artifact.key == "collect-system-metrics"
     assert artifact.type == "table"
     assert "rows written" in (artifact.description or "")
+    assert dashboard_links(artifact) == {"system": {"range": "1h", "host": summary["host"]}}
 
 
 def test_a_second_collection_skips_what_did_not_move(flow_settings: Settings, run_flow: RunFlow) -> None:
@@ -85,6 +86,7 @@ def test_compact_lake_merges_files_and_reports_bytes(
     (artifact,) = artifacts
     assert artifact.key == "compact-lake"
     assert "partitions compacted" in (artifact.description or "")
+    assert dashboard_links(artifact) == {"performance": {}}
     again, _ = run_flow(compact_lake)
     assert again["partitions"] == 0  # nothing left to do
 
@@ -104,6 +106,7 @@ def test_retention_cleanup_drops_only_expired_days(
     assert all(str((now - timedelta(days=3)).date()) in p for p in result["partitions"])
     assert result["bytes_freed"] > 0
     assert artifacts[0].key == "retention-cleanup"
+    assert dashboard_links(artifacts[0]) == {"performance": {}}
     with MetricStore(Settings.from_env(), read_only=True).open(background_flush=False) as store:
         assert store.sql("SELECT min(ts) AS first FROM samples")["first"][0].date() >= (now - timedelta(days=1)).date()
 
@@ -126,6 +129,7 @@ def test_backup_keeps_the_newest_and_restores_identical_results(
     assert summary["bytes_out"] > 0
     assert artifacts[0].key == "backup-lake"
     assert summary["sha256"][:16] in (artifacts[0].description or "")
+    assert dashboard_links(artifacts[0]) == {"performance": {}}
     verify_backup(paths[-1])
 
     for part in ("lake", "wal", "state"):  # wipe

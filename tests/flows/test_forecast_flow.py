@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+from PIL import Image
 
 from flows.forecast_capacity import forecast_capacity
 from metrics.settings import Settings
 from storage.store import MetricStore
-from tests.flows.conftest import RunFlow
+from tests.flows.conftest import RunFlow, dashboard_links
 
 
 def test_forecast_capacity(flow_settings: Settings, run_flow: RunFlow, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,8 +46,14 @@ def test_forecast_capacity(flow_settings: Settings, run_flow: RunFlow, monkeypat
     assert result["scaling"]["recommended"] == 2  # a peak near 85 % on one host, at a 70 % target
     by_key = {artifact.key: artifact for artifact in artifacts}
     assert "capacity risks: 1" in (by_key["forecast-capacity"].description or "")
+    assert dashboard_links(by_key["forecast-capacity"]) == {"system": {"range": "14d"}}  # the history forecast on
+    assert dashboard_links(by_key["forecast-capacity-chart"]) == {"system": {"range": "14d"}}
     chart = str(by_key["forecast-capacity-chart"].data)
     assert "](data:image/png;base64,iVBORw0KGgo" in chart  # a PNG's signature, base64
     assert "scale up to 2" in chart
     png = flow_settings.data_dir / "charts" / "forecast-capacity.png"
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert base64.b64encode(png.read_bytes()).decode() in chart  # the file is the picture in the artifact
+    with Image.open(png) as image:
+        assert (image.format, image.size) == ("PNG", (1280, 300))  # two series side by side
+        image.load()

@@ -14,7 +14,7 @@ from flows.health import health_checks
 from metrics.auditgen import cloudtrail_records, vault_entries, write_cloudtrail, write_vault
 from metrics.settings import Settings
 from tests.exposition import ExpositionServer, Route
-from tests.flows.conftest import RunFlow
+from tests.flows.conftest import RunFlow, dashboard_links
 
 NOW = datetime.now(UTC)
 
@@ -34,14 +34,20 @@ def test_key_audit_logs_are_collected_once_per_source(
     assert artifact.key == "collect-key-audit-logs"
     rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert [row["source"] for row in rows] == ["cloudtrail", "vault"]
-    again, _ = run_flow(collect_key_audit_logs)
+    violations = summary["cloudtrail"]["violations"] + summary["vault"]["violations"]
+    assert violations > 0  # the generated logs break the policies: the security dashboard is linked too
+    assert dashboard_links(artifact) == {"keys": {}, "security": {}}
+    again, artifacts = run_flow(collect_key_audit_logs)
     assert again["cloudtrail"]["events"] == again["vault"]["events"] == 0
+    still = again["cloudtrail"]["violations"] + again["vault"]["violations"]
+    assert dashboard_links(artifacts[0]) == ({"keys": {}, "security": {}} if still else {"keys": {}})
 
 
 def test_without_paths_nothing_is_read(flow_settings: Settings, run_flow: RunFlow) -> None:
     summary, artifacts = run_flow(collect_key_audit_logs)
     assert summary == {}
     assert "No key audit logs configured" in (artifacts[0].description or "")
+    assert dashboard_links(artifacts[0]) == {"keys": {}}
 
 
 @pytest.fixture
@@ -71,9 +77,11 @@ def test_health_checks_report_each_target(
     (artifact,) = artifacts
     assert artifact.key == "health-checks"
     assert "up: 1 · degraded: 1 · down: 0" in (artifact.description or "")
+    assert dashboard_links(artifact) == {"performance": {}}
 
 
 def test_health_checks_without_targets(flow_settings: Settings, run_flow: RunFlow) -> None:
     summary, artifacts = run_flow(health_checks)
     assert summary["results"] == []
     assert "No health targets" in (artifacts[0].description or "")
+    assert dashboard_links(artifacts[0]) == {"performance": {}}

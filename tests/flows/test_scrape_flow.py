@@ -13,7 +13,7 @@ from flows.scrape import scrape_targets_flow
 from metrics.settings import Settings
 from storage.store import MetricStore
 from tests.exposition import ExpositionServer, Route
-from tests.flows.conftest import RunFlow
+from tests.flows.conftest import RunFlow, dashboard_links
 
 BODY = b"""# TYPE app_requests_total counter
 app_requests_total{route="/a"} 10
@@ -47,6 +47,7 @@ def test_the_configured_targets_are_scraped_and_reported(
     assert artifact.key == "scrape-targets"
     assert artifact.type == "table"
     assert "targets up: 1/2" in (artifact.description or "")
+    assert dashboard_links(artifact) == {"performance": {}}
     assert isinstance(artifact.data, str)  # a table artifact's rows, as JSON
     by_job: dict[str, dict[str, Any]] = {row["job"]: row for row in json.loads(artifact.data)}
     assert (by_job["app"]["up"], by_job["app"]["samples"], by_job["app"]["error"]) == (1, 3, "")
@@ -77,4 +78,5 @@ def test_without_targets_the_flow_says_so(
     (artifact,) = artifacts
     assert artifact.key == "scrape-targets"
     assert "no targets configured" in str(artifact.data)
+    assert dashboard_links(artifact) == {"performance": {}}
     assert not flow_settings.lake_dir.exists()

@@ -1,4 +1,4 @@
-"""Forecast charts: PNGs of history, forecast, bands and limit; bad panels refused."""
+"""Charts as PNG: forecasts (history, forecast, bands, limit) and anomalies (a line, red points); bad panels refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrics.charts import FORECAST_COLOUR, HISTORY_COLOUR, ForecastPanel, data_uri, forecast_chart, save_png
+from metrics.charts import (
+    ANOMALY_COLOUR,
+    FORECAST_COLOUR,
+    HISTORY_COLOUR,
+    AnomalyPanel,
+    ForecastPanel,
+    anomaly_chart,
+    data_uri,
+    forecast_chart,
+    save_png,
+)
 from metrics.errors import ValidationError
 from models.forecast.forecaster import AutoForecaster
 
@@ -86,3 +96,40 @@ def test_save_and_data_uri_round_trip(tmp_path: Path) -> None:
     assert not list(target.parent.glob(".*.partial"))
     uri = data_uri(png)
     assert base64.b64decode(uri.removeprefix("data:image/png;base64,")) == png
+
+
+def anomalies(points: int = 288, marked: int = 3) -> AnomalyPanel:
+    ts = 1_790_000_000 * 1_000_000 + 300_000_000 * np.arange(points)
+    values = 50 + np.random.default_rng(1).normal(0, 1, points)
+    first = points - marked
+    values[first:] += 40
+    return AnomalyPanel("app.latency host=a", ts, values, ts[first:], values[first:])
+
+
+@pytest.mark.parametrize(("count", "expected"), [(1, (640, 300)), (2, (1280, 300)), (3, (1280, 600)), (4, (1280, 600))])
+def test_anomaly_panels_are_laid_out_like_forecasts(count: int, expected: tuple[int, int]) -> None:
+    png = anomaly_chart([anomalies() for _ in range(count)])
+    assert png.startswith(PNG)
+    assert size(png) == expected
+    Image.open(io.BytesIO(png)).verify()
+
+
+def test_anomalies_are_red_points_on_the_series_line() -> None:
+    marked = anomaly_chart([anomalies(marked=6)])
+    unmarked = anomaly_chart([anomalies(marked=0)])
+    legend = ink(unmarked, ANOMALY_COLOUR)  # only the legend's marker is red without anomalies
+    assert 0 < legend < 60
+    assert ink(marked, HISTORY_COLOUR) > 200  # the line
+    assert ink(marked, ANOMALY_COLOUR) > legend + 100  # the points
+
+
+def test_bad_anomaly_panels_are_refused() -> None:
+    good = anomalies()
+    with pytest.raises(ValidationError, match="ts has 3 values"):
+        AnomalyPanel("x", good.ts[:3], good.values, good.anomaly_ts, good.anomaly_values)
+    with pytest.raises(ValidationError, match="anomaly_ts has 3 values"):
+        AnomalyPanel("x", good.ts, good.values, good.anomaly_ts, good.anomaly_values[:1])
+    with pytest.raises(ValidationError, match="at least one series"):
+        anomaly_chart([])
+    with pytest.raises(ValidationError, match="columns"):
+        anomaly_chart([good], columns=0)

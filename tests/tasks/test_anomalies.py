@@ -80,8 +80,19 @@ def test_scoring_writes_candidates_once_and_only_new_rows_later(anomaly_settings
         assert set(found["metric"]) == {"app.latency"}
         assert found["is_anomaly"].all()
         assert (found["detector"] == "zscore").all()
+        (panel,) = first.panels  # the chart: only the series with anomalies
+        assert panel.title == "app.latency host=h1"
+        warmup_start = (NOW - timedelta(hours=48)).timestamp() * 1_000_000
+        assert panel.ts[0] >= warmup_start  # over the scoring window, not all that was read
+        assert len(panel.ts) == len(panel.values) == 48 * 12
+        stamps = found["ts"].dt.epoch("us").to_numpy()
+        assert sorted(panel.anomaly_ts.tolist()) == sorted(stamps.tolist())
+        np.testing.assert_allclose(sorted(panel.anomaly_values), sorted(found["value"].to_numpy()))
+        assert "panels" not in first.to_dict()
+        assert first.to_dict()["top"] == first.top
         again = scorer.score(now=NOW)
         assert (again.rows, again.written) == (0, 0)  # nothing new since the last run
+        assert again.panels == []
     finally:
         store.close()
     load(anomaly_settings, frame("app.latency", 50 + np.zeros(3), end=NOW + 3 * STEP))
@@ -120,6 +131,10 @@ def test_counters_are_scored_as_rates_and_histograms_not_at_all(anomaly_settings
         assert summary.series == 1
         found = read_anomalies(store, "app.*", NOW - timedelta(days=3), NOW + STEP, 0.7)
         assert set(found["metric"]) == {"app.requests"}
+        (panel,) = summary.panels
+        # Drawn as the rate it was scored as (10, then 510 per 5 minutes), not the cumulative count.
+        assert (panel.values.min(), panel.values.max()) == pytest.approx((10 / 300, 510 / 300))
+        assert panel.anomaly_values.tolist() == pytest.approx([510 / 300] * len(panel.anomaly_values))
     finally:
         store.close()
 
@@ -178,10 +193,13 @@ def test_key_usage_is_scored_against_its_hour_of_week_profile(anomaly_settings: 
     load(anomaly_settings, frame("crypto.key.access_count", counter, kind="counter", host="k1"))
     store = MetricStore(anomaly_settings).open(background_flush=False)
     try:
-        AnomalyScorer(anomaly_settings, store).score(now=NOW)
+        summary = AnomalyScorer(anomaly_settings, store).score(now=NOW)
         found = store.sql(
             "SELECT DISTINCT detector FROM anomalies WHERE ts >= ? AND score >= 0.7", [NOW - timedelta(hours=1)]
         )
     finally:
         store.close()
     assert "profile" in set(found["detector"])  # besides the ensemble's own view of the series
+    profiled = [panel for panel in summary.panels if panel.title.endswith("(count per row, profile)")]
+    assert profiled  # the profile's view is drawn as counts per row, as it was scored
+    assert set(np.unique(profiled[0].values)) <= set(np.unique(calls))
