@@ -6,6 +6,7 @@ PYTHON_VERSION := 3.11
 UV_BIN := $(CURDIR)/.uv-bin
 UV := $(shell command -v uv 2>/dev/null || echo $(UV_BIN)/uv)
 VENV := .venv
+WEB_VENDOR := metrics/web/static/vendor
 PY := $(VENV)/bin/python
 export UV_PYTHON_PREFERENCE := system
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -26,7 +27,15 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON_VERSION)
 	@touch $@
 
-setup: $(VENV)/.synced ## Create the virtual environment from the lock file
+# The dashboards' chart library (uPlot), pinned with its integrity hash in web/package-lock.json.
+$(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the dashboards' chart library is installed with npm (Node.js 18+)"; exit 1; }
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	@mkdir -p $(WEB_VENDOR)
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css web/node_modules/uplot/LICENSE $(WEB_VENDOR)/
+	@touch $@
+
+setup: $(VENV)/.synced $(WEB_VENDOR)/.installed ## Create the virtual environment from the lock file, install the chart library
 
 run: setup ## Run the whole system: Prefect server + UI and every scheduled flow (Ctrl-C stops it)
 	$(PY) -m metrics.deploy --mode=development
@@ -64,4 +73,4 @@ manifests: setup ## Regenerate deployments/docker-compose.yml, deployments/k8s/ 
 	$(PY) -m metrics.manifests
 
 clean: ## Remove the environment and caches (keeps data/)
-	rm -rf $(VENV) $(UV_BIN) .mypy_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf $(VENV) $(UV_BIN) .mypy_cache .ruff_cache .coverage .coverage.* htmlcov web/node_modules $(WEB_VENDOR)

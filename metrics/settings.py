@@ -74,6 +74,8 @@ ENV_NAMES = {
     "max_body_bytes": "METRICS_MAX_BODY_BYTES",
     "jwt_secret": "METRICS_JWT_SECRET",
     "jwt_public_key": "METRICS_JWT_PUBLIC_KEY",
+    "session_secret": "METRICS_SESSION_SECRET",
+    "session_ttl": "METRICS_SESSION_TTL",
     "pii_tags": "METRICS_PII_TAGS",
     "pii_secret": "METRICS_PII_SECRET",
     "scrape_targets": "METRICS_SCRAPE_TARGETS",
@@ -315,6 +317,8 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: Path | None = None
+    session_secret: str | None = field(default=None, repr=False)  # signs dashboard sessions; None: state/session.key
+    session_ttl: float = 8 * 3600.0  # seconds a dashboard login lasts
     pii_tags: tuple[str, ...] = ("user", "principal", "source_ip", "caller")
     pii_secret: str | None = field(default=None, repr=False)
     scrape_targets: tuple[str, ...] = ()
@@ -436,6 +440,8 @@ class Settings:
             # Secrets: the environment only, never main.json.
             "jwt_secret": env.get("METRICS_JWT_SECRET") or None,
             "pii_secret": env.get("METRICS_PII_SECRET") or None,
+            "session_secret": env.get("METRICS_SESSION_SECRET") or None,
+            "session_ttl": _float(env, "METRICS_SESSION_TTL", base["session_ttl"], minimum=60.0, maximum=30 * 86_400.0),
             "insecure_dev": _bool(env, "METRICS_INSECURE_DEV", False),  # never from main.json
             "self_metrics_interval": _float(
                 env, "METRICS_SELF_METRICS_INTERVAL", base["self_metrics_interval"], minimum=0.0, maximum=3600.0
@@ -650,6 +656,9 @@ class Settings:
         """Alerting: the schedule, delivery timeout and the URLs notifications go to or link to."""
         _check_range(self, "alert_interval", 1, 86_400)
         _check_range(self, "notify_timeout", 0.1, 600)
+        _check_range(self, "session_ttl", 60, 30 * 86_400)
+        if self.session_secret is not None and len(self.session_secret) < 32:
+            raise ConfigError("METRICS_SESSION_SECRET=<hidden> is too short; allowed: at least 32 characters")
         for name in ("smtp_require_tls", "remediation_dry_run"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_label(name)}={getattr(self, name)!r} is not a boolean")
@@ -795,6 +804,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "alert_routing_file": ("alert_routing_file", (str, type(None))),
         "remediation_file": ("remediation_file", (str, type(None))),
         "notify_timeout": ("notify_timeout", (int, float)),
+        "session_ttl": ("session_ttl", (int, float)),
         "remediation_dry_run": ("remediation_dry_run", bool),
         "pii_tags": ("pii_tags", list),
         "health_targets": ("health_targets", list),

@@ -156,12 +156,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_telemetry(app, settings)  # outermost: /metrics and self-metrics see every response, refusals included
     for router in routers():
         app.include_router(router)
+    from metrics.web.pages import static_files
+
+    app.mount("/static", static_files(), name="static")  # the dashboards' script, styles and chart library
     return app
 
 
 def routers() -> list[Any]:
     """Every router of the API, in mounting order (a new resource adds one line)."""
-    from metrics.api.routes import alerts, analysis, exposition, health, ingest, query, remote_write
+    from metrics.api.routes import alerts, analysis, dashboards, exposition, health, ingest, query, remote_write
+    from metrics.web import pages
 
     return [
         health.router,
@@ -169,8 +173,10 @@ def routers() -> list[Any]:
         query.router,
         analysis.router,
         alerts.router,
+        dashboards.router,
         remote_write.router,
         exposition.router,
+        pages.router,
     ]
 
 

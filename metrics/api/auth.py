@@ -12,6 +12,9 @@ Credentials, in this order:
   ``role`` and ``exp`` are required; the algorithm must be the one configured
   (never ``none``).
 
+Without either header, the dashboards' session cookie (:mod:`metrics.api.sessions`)
+stands for the key or token its owner logged in with.
+
 Every refusal is an :class:`AuthenticationError` (401) or
 :class:`PermissionDeniedError` (403) whose message never repeats the credential.
 """
@@ -165,26 +168,41 @@ async def authenticate(request: Request) -> Principal:
     state = request.app.state
     if state.insecure_dev:
         principal = INSECURE_DEV
-    else:
-        token = bearer_token(request)
-        if token.startswith(KEY_PREFIX):
-            keys = getattr(state, "keys", None)
-            if keys is None:  # an app built without install_security (not create_app): open the store now
-                from metrics.api.keys import key_store
+    elif "authorization" not in request.headers and "x-api-key" not in request.headers:
+        from metrics.api.sessions import session_principal  # a browser: the dashboards' session cookie
 
-                keys = state.keys = key_store(state.settings)
-            found = keys.cached(token)  # cheap: no KDF for a key this process already verified
-            principal = found if found is not None else await run_in_threadpool(keys.verify, token)
-        else:
-            verifier: JwtVerifier | None = getattr(state, "jwt", None)
-            if verifier is None:
-                raise AuthenticationError("bearer token is not an API key (mk_…) and JWT authentication is off")
-            principal = verifier.verify(token)
+        principal = session_principal(request)
+    else:
+        principal = await verify_credential(request, bearer_token(request))
     request.state.principal = principal  # before any refusal below: the audit log names who was refused
     limiter = getattr(state, "rate_limiter", None)
     if limiter is not None:
         limiter.check(principal)
     return principal
+
+
+async def verify_credential(request: Request, token: str) -> Principal:
+    """The principal of an API key (``mk_…``) or JWT; raises :class:`AuthenticationError` when it is not valid."""
+    state = request.app.state
+    if token.startswith(KEY_PREFIX):
+        keys = keys_of(request)
+        found = keys.cached(token)  # cheap: no KDF for a key this process already verified
+        return found if found is not None else await run_in_threadpool(keys.verify, token)
+    verifier: JwtVerifier | None = getattr(state, "jwt", None)
+    if verifier is None:
+        raise AuthenticationError("bearer token is not an API key (mk_…) and JWT authentication is off")
+    return verifier.verify(token)
+
+
+def keys_of(request: Request) -> Any:
+    """The app's :class:`~metrics.api.keys.KeyStore` (opened now for an app built without install_security)."""
+    state = request.app.state
+    keys = getattr(state, "keys", None)
+    if keys is None:
+        from metrics.api.keys import key_store
+
+        keys = state.keys = key_store(state.settings)
+    return keys
 
 
 def requires(role: Role, *also: Role) -> Callable[[Request], Awaitable[Principal]]:

@@ -272,6 +272,20 @@ class KeyStore:
             self._touch(key_id, entry)
         return principal
 
+    def active(self, key_id: str) -> bool:
+        """Whether ``key_id`` names a key that exists and is not revoked (a dictionary lookup when verified here)."""
+        with self._lock:
+            try:
+                self._refresh()
+                if key_id in self._verified:
+                    return True
+                row = self._db.execute(
+                    "SELECT 1 FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: key database error: {exc}") from None
+        return row is not None
+
     def _refresh(self) -> None:
         """Forget remembered keys revoked (or deleted) by any connection since the last look (lock held)."""
         version = self._data_version()

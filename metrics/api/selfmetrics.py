@@ -11,7 +11,9 @@ over the interval just ended:
 - ``application.api.error_rate``: share of responses that were server errors (5xx), 0 to 1;
 - ``application.api.client_error_rate``: share of client errors (4xx: bad input, missing credentials, limits);
 - ``application.api.auth_failures``: requests refused for missing or bad credentials (401) since the worker
-  started — a counter per worker (tags ``host``, ``worker``), for the predefined "authentication failures" rule.
+  started — a counter per worker (tags ``host``, ``worker``), for the predefined "authentication failures" rule;
+- ``application.ingest.samples``: samples the worker accepted since it started (a counter, tags ``host``,
+  ``worker``): ``rate`` of it is the ingest rate the Performance dashboard shows.
 
 ``error_rate`` counts only 5xx because a 4xx is the client's mistake and says
 nothing about the API's health; ``client_error_rate`` keeps those visible.
@@ -38,6 +40,7 @@ REQUEST_RATE = "application.api.request_rate"
 ERROR_RATE = "application.api.error_rate"
 CLIENT_ERROR_RATE = "application.api.client_error_rate"
 AUTH_FAILURES = "application.api.auth_failures"
+INGESTED = "application.ingest.samples"
 MAX_ROUTES = 1024  # (route, method) pairs tracked; route templates keep this small
 
 
@@ -72,12 +75,14 @@ class SelfMetrics:
         self._thread: threading.Thread | None = None
         self._store: MetricStore | None = None
         self._auth_failures = 0  # cumulative: a counter, as rate() and increase() expect
+        self._ingested = 0  # cumulative too
         self.samples_written = 0
 
-    def record(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Add one finished request (called by the telemetry middleware)."""
+    def record(self, route: str, method: str, status: int, seconds: float, ingested: int = 0) -> None:
+        """Add one finished request and the samples it stored (called by the telemetry middleware)."""
         key = (route, method)
         with self._lock:
+            self._ingested += ingested
             figures = self._figures.get(key)
             if figures is None:
                 if len(self._figures) >= MAX_ROUTES:
@@ -100,19 +105,21 @@ class SelfMetrics:
             self._since = now
             figures = self._figures
             self._figures = {key: RouteFigures() for key in figures}  # routes seen stay known (rate 0 when idle)
-            refused = self._auth_failures
+            refused, ingested = self._auth_failures, self._ingested
         stamp = self._wall().isoformat()
         points: list[dict[str, Any]] = []
         if figures:
-            points.append(
-                {
-                    "metric_id": AUTH_FAILURES,
-                    "value": float(refused),
-                    "metric_type": "counter",
-                    "timestamp": stamp,
-                    "tags": {"host": self.host, "worker": str(os.getpid())},
-                }
-            )
+            worker = {"host": self.host, "worker": str(os.getpid())}
+            for metric, total in ((AUTH_FAILURES, refused), (INGESTED, ingested)):
+                points.append(
+                    {
+                        "metric_id": metric,
+                        "value": float(total),
+                        "metric_type": "counter",
+                        "timestamp": stamp,
+                        "tags": worker,
+                    }
+                )
         for (route, method), seen in figures.items():
             tags = {"route": route, "method": method, "host": self.host}
 

@@ -208,9 +208,9 @@ class Telemetry:
         children[1].observe(seconds)
         if route in QUERY_ROUTES:
             self.query_duration.labels(method).observe(seconds)
-        self.self_metrics.record(route, method, status, seconds)
+        ingested = state.get("ingested") if state else None
+        self.self_metrics.record(route, method, status, seconds, ingested or 0)
         if state:
-            ingested = state.get("ingested")
             if ingested:
                 self.ingested.labels(route).inc(ingested)
             reasons = state.get("rejected_reasons")

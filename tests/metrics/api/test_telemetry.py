@@ -241,8 +241,8 @@ def test_the_accumulator_writes_per_interval_not_per_request(store: MetricStore)
     self_metrics.record("/health", "GET", 200, 0.001)
     clock[0] += 10
     rows_before = store.writer.stats.rows_written + store.writer.buffered_rows
-    assert self_metrics.flush(store) == 9  # 2 routes x 4 figures and the auth-failure counter, one write
-    assert store.writer.stats.rows_written + store.writer.buffered_rows == rows_before + 9
+    assert self_metrics.flush(store) == 10  # 2 routes x 4 figures, the auth-failure and ingest counters, one write
+    assert store.writer.stats.rows_written + store.writer.buffered_rows == rows_before + 10
     frame = self_metric_rows(store).filter(pl.col("tag").struct.field("route") == "/api/v1/query")
     figures = {row["metric"]: row["value"] for row in frame.iter_rows(named=True)}
     assert figures["application.api.request_rate"] == pytest.approx(100.0)
@@ -254,8 +254,9 @@ def test_the_accumulator_writes_per_interval_not_per_request(store: MetricStore)
     assert {(p["metric_id"], p["value"]) for p in idle} == {
         ("application.api.request_rate", 0.0),
         ("application.api.auth_failures", 0.0),
+        ("application.ingest.samples", 0.0),
     }
-    assert len(idle) == 3
+    assert len(idle) == 4
 
 
 def test_refused_credentials_count_in_a_cumulative_counter() -> None:
@@ -267,6 +268,17 @@ def test_refused_credentials_count_in_a_cumulative_counter() -> None:
     self_metrics.record("/api/v1/query", "GET", 401, 0.001)
     second = {p["metric_id"]: p for p in self_metrics.collect()}["application.api.auth_failures"]
     assert second["value"] == 4.0  # cumulative, so increase() over a window counts the refusals
+
+
+def test_accepted_samples_count_in_a_cumulative_counter() -> None:
+    self_metrics = SelfMetrics(10, host="h1")
+    self_metrics.record("/api/v1/metrics", "POST", 200, 0.001, ingested=500)
+    self_metrics.record("/api/v1/metrics", "POST", 422, 0.001, ingested=0)
+    first = {p["metric_id"]: p for p in self_metrics.collect()}["application.ingest.samples"]
+    assert (first["value"], first["metric_type"], first["tags"]["host"]) == (500.0, "counter", "h1")
+    self_metrics.record("/api/v1/write", "POST", 204, 0.001, ingested=25)
+    second = {p["metric_id"]: p for p in self_metrics.collect()}["application.ingest.samples"]
+    assert second["value"] == 525.0
 
 
 def test_a_server_error_counts_as_a_500_and_in_the_error_rate(client: TestClient) -> None:

@@ -1,0 +1,346 @@
+"""What a dashboard panel shows over a time range: aligned series for uPlot, bars, or table rows, as plain JSON.
+
+The bucket width follows the range (:func:`step_for`: at most
+:data:`MAX_POINTS` buckets), so a 30-day chart reads 3-hour buckets, which
+the query engine takes from the 1-hour rollups, while a 1-hour chart reads
+15-second buckets of raw samples: both are a few hundred points. Anomalies
+are marked on the line they belong to; a forecast adds its yhat and 80 %
+interval after the last bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import polars as pl
+
+from metrics.errors import ValidationError
+from metrics.settings import Settings
+from metrics.web.boards import Dashboard, Panel, Query
+from storage.aggregate import floor_to
+from storage.store import MetricStore
+
+MAX_POINTS = 240  # buckets per chart: enough for a 1,000-pixel-wide line, few enough to send at once
+STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+MAX_RANGE = timedelta(days=90)
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """The range a dashboard shows, and its bucket width in seconds."""
+
+    start: datetime
+    end: datetime
+    step: int
+
+    @classmethod
+    def of(cls, start: datetime, end: datetime) -> Window:
+        """The window [start, end) with its bucket width; raises :class:`ValidationError` for a bad range."""
+        if start >= end:
+            raise ValidationError(f"time range: start {start.isoformat()} is not before end {end.isoformat()}")
+        if end - start > MAX_RANGE:
+            raise ValidationError(f"time range: at most {MAX_RANGE.days} days, got {(end - start).days}")
+        return cls(start, end, step_for(end - start))
+
+    @property
+    def interval(self) -> str:
+        """The bucket width as the query API writes it (``15s``, ``3h``)."""
+        return f"{self.step}s"
+
+
+def step_for(length: timedelta) -> int:
+    """The narrowest bucket from :data:`STEPS` giving at most :data:`MAX_POINTS` buckets over ``length``."""
+    seconds = length.total_seconds()
+    return next((step for step in STEPS if seconds / step <= MAX_POINTS), STEPS[-1])
+
+
+def filters_for(query: Query, dashboard: Dashboard, chosen: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The tag filters of one query: its fixed tags plus the dashboard filters it honours."""
+    allowed = dashboard.filters if query.filters is None else query.filters
+    tags: dict[str, list[str]] = {key: list(values) for key, values in query.tags.items()}
+    for key, values in chosen.items():
+        if key in allowed and values:
+            tags[key] = values
+    return tags
+
+
+def query_args(query: Query, dashboard: Dashboard, window: Window, chosen: Mapping[str, list[str]]) -> dict[str, Any]:
+    """Keyword arguments of ``MetricStore.query_aggregated`` (and ``aggregated_sql``) for one query."""
+    tags = filters_for(query, dashboard, chosen)
+    return {
+        "pattern": query.metric,
+        "aggregation": query.aggregation,
+        "interval": window.interval,
+        "start": window.start,
+        "end": window.end,
+        "group_by": list(query.group_by),
+        "tags": tags or None,
+    }
+
+
+def panel_sql(store: MetricStore, dashboard: Dashboard, panel: Panel, window: Window, chosen: Any) -> str:
+    """The DuckDB SQL of a lake panel, one statement per query, to paste into ``metrics sql``."""
+    if panel.source == "lake":
+        texts = []
+        for query in panel.queries:
+            text = store.aggregated_sql(**query_args(query, dashboard, window, chosen))
+            texts.append(text if text is not None else f"-- {query.metric}: no data in this range")
+        return ";\n\n".join(texts)
+    if panel.source in ALERT_EVENT_SQL:
+        return _alert_event_sql(panel.source, window)
+    return f"-- {panel.title}: read from {SOURCE_ORIGINS.get(panel.source, panel.source)}, not from the lake"
+
+
+SOURCE_ORIGINS = {
+    "keys.by_state": "the key ledger (metrics keys-report)",
+    "keys.by_algorithm": "the key ledger (metrics keys-report)",
+    "keys.rotations": "the key ledger (metrics keys-report)",
+    "keys.inventory": "the key ledger (metrics keys-report)",
+    "alerts.active": "the alert store (metrics alerts list)",
+    "alerts.silences": "the alert store (metrics alerts silence list)",
+}
+
+
+def _label(query: Query, row: Mapping[str, Any], many_metrics: bool) -> str:
+    parts = [query.label] if query.label else []
+    if many_metrics:
+        parts.append(str(row["metric"]))
+    parts += [str(row[key]) if row[key] is not None else f"no {key}" for key in query.group_by]
+    if not parts:
+        parts.append(str(row["metric"]))
+    return " ".join(parts)
+
+
+def timeseries(
+    store: MetricStore,
+    settings: Settings,
+    dashboard: Dashboard,
+    panel: Panel,
+    window: Window,
+    chosen: Mapping[str, list[str]],
+) -> dict[str, Any]:
+    """A lake panel's lines, aligned on one time axis, with anomalies and a forecast when the panel asks."""
+    lines: dict[str, dict[int, float]] = {}
+    owners: dict[str, Query] = {}
+    for query in panel.queries:
+        frame = store.query_aggregated(**query_args(query, dashboard, window, chosen))
+        many = any(c in query.metric for c in "*?[")
+        # A counter's last bucket is still filling: its rate would dip to a fraction. Leave it out.
+        last = _seconds(window.end) - window.step if query.aggregation in ("rate", "increase") else None
+        for row in frame.iter_rows(named=True):
+            value = row["value"]
+            if value is None or not math.isfinite(value) or (last is not None and _seconds(row["ts"]) > last):
+                continue
+            label = _label(query, row, many)
+            lines.setdefault(label, {})[_seconds(row["ts"])] = value
+            owners[label] = query
+    grid = range(_seconds(floor_to(window.start, window.step)), _seconds(window.end), window.step)
+    for label, values in lines.items():
+        if owners[label].aggregation == "increase":  # an event counter: a bucket without samples saw no events
+            last = _seconds(window.end) - window.step
+            for moment in grid:
+                if moment <= last:
+                    values.setdefault(moment, 0.0)
+    total = len(lines)
+    shown = sorted(lines, key=lambda label: -_mean(lines[label]))[: panel.top]
+    shown.sort()
+    result: dict[str, Any] = {
+        "kind": "timeseries",
+        "unit": panel.unit,
+        "interval": window.interval,
+        "start": _seconds(window.start),
+        "end": _seconds(window.end),
+        "hidden": total - len(shown),
+        "series": [],
+        "anomalies": [],
+        "forecast": None,
+    }
+    columns: dict[str, dict[int, float]] = {label: lines[label] for label in shown}
+    if panel.anomalies and shown:
+        marks, anomaly_column = _anomalies(store, settings, panel, window, chosen, dashboard, columns, owners)
+        result["anomalies"] = marks
+        if marks:
+            columns["anomalies"] = anomaly_column
+    if panel.forecast and shown:
+        forecast = _forecast(store, panel, window, shown, owners)
+        if forecast is not None:
+            label, band = forecast
+            result["forecast"] = {"label": label}
+            for name, values in band.items():
+                columns[f"forecast {name}"] = values
+    return {**result, **align(columns, shown)}
+
+
+def align(columns: Mapping[str, Mapping[int, float]], shown: list[str]) -> dict[str, Any]:
+    """uPlot's data shape: one sorted x axis (epoch seconds) and each column's values on it (None for gaps)."""
+    x = sorted({moment for values in columns.values() for moment in values})
+    data = {name: [values.get(moment) for moment in x] for name, values in columns.items()}
+    return {
+        "x": x,
+        "series": [{"label": label, "values": data[label]} for label in shown],
+        "extra": {name: values for name, values in data.items() if name not in shown},
+        "points": sum(1 for label in shown for value in data[label] if value is not None),
+    }
+
+
+def _anomalies(
+    store: MetricStore,
+    settings: Settings,
+    panel: Panel,
+    window: Window,
+    chosen: Mapping[str, list[str]],
+    dashboard: Dashboard,
+    columns: Mapping[str, Mapping[int, float]],
+    owners: Mapping[str, Query],
+) -> tuple[list[dict[str, Any]], dict[int, float]]:
+    """The stored anomalies of the panel's lines: markers on the line (x, y) and what each one was."""
+    from storage.anomalies import read_anomalies
+
+    marks: list[dict[str, Any]] = []
+    column: dict[int, float] = {}
+    for query in {q.metric: q for q in panel.queries}.values():
+        found = read_anomalies(store, query.metric, window.start, window.end, settings.anomaly_threshold)
+        wanted = filters_for(query, dashboard, chosen)
+        many = any(c in query.metric for c in "*?[")
+        for row in found.iter_rows(named=True):
+            tags = orjson.loads(row["tags"]) if row["tags"] else {}
+            if any(tags.get(key) not in values for key, values in wanted.items()):
+                continue
+            label = _label(query, {**tags, "metric": row["metric"], **_missing(query, tags)}, many)
+            if label not in columns or owners.get(label) is not query:
+                continue
+            x = _seconds(floor_to(row["ts"], window.step))
+            y = columns[label].get(x, row["value"])
+            column[x] = y
+            marks.append({"x": x, "y": y, "label": label, "value": row["value"], "score": round(row["score"], 3)})
+    marks.sort(key=lambda mark: (mark["x"], mark["label"]))
+    return marks, column
+
+
+def _missing(query: Query, tags: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: None for key in query.group_by if key not in tags}
+
+
+def _forecast(
+    store: MetricStore, panel: Panel, window: Window, shown: list[str], owners: Mapping[str, Query]
+) -> tuple[str, dict[str, dict[int, float]]] | None:
+    """The newest forecast of the first shown line that has one, up to half the window ahead."""
+    from storage.forecasts import latest_forecasts
+
+    horizon_end = window.end + (window.end - window.start) / 2
+    for query in panel.queries:
+        frame = latest_forecasts(store, query.metric)
+        if frame.is_empty():
+            continue
+        frame = frame.filter(
+            (pl.col("ts") >= window.end - timedelta(seconds=window.step)) & (pl.col("ts") <= horizon_end)
+        )
+        many = any(c in query.metric for c in "*?[")
+        by_label: dict[str, pl.DataFrame] = {}
+        for _, part in frame.group_by(["series_id"], maintain_order=True):
+            tags = orjson.loads(part.item(0, "tags")) if part.item(0, "tags") else {}
+            label = _label(query, {**tags, "metric": part.item(0, "metric"), **_missing(query, tags)}, many)
+            by_label.setdefault(label, part)
+        for label in shown:
+            found = by_label.get(label)
+            if found is None or owners.get(label) is not query:
+                continue
+            band: dict[str, dict[int, float]] = {"yhat": {}, "lower": {}, "upper": {}}
+            for row in found.iter_rows(named=True):
+                x = _seconds(row["ts"])
+                band["yhat"][x], band["lower"][x], band["upper"][x] = row["yhat"], row["lower_80"], row["upper_80"]
+            return label, band
+    return None
+
+
+def _seconds(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _mean(values: Mapping[int, float]) -> float:
+    return sum(values.values()) / len(values) if values else 0.0
+
+
+def top(
+    store: MetricStore, dashboard: Dashboard, panel: Panel, window: Window, chosen: Mapping[str, list[str]]
+) -> dict[str, Any]:
+    """A ranking: each group's total over the range (the sum of its buckets), largest first."""
+    totals: dict[str, float] = {}
+    for query in panel.queries:
+        frame = store.query_aggregated(**query_args(query, dashboard, window, chosen))
+        many = any(c in query.metric for c in "*?[")
+        for row in frame.iter_rows(named=True):
+            if row["value"] is not None and math.isfinite(row["value"]):
+                label = _label(query, row, many)
+                totals[label] = totals.get(label, 0.0) + row["value"]
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        "kind": "bars",
+        "unit": panel.unit,
+        "labels": [label for label, _ in ranked[: panel.top]],
+        "values": [round(value, 6) for _, value in ranked[: panel.top]],
+        "hidden": max(0, len(ranked) - panel.top),
+    }
+
+
+# -- the alert_events table -------------------------------------------------------------
+ALERT_EVENT_SQL = {
+    # Firings per bucket and priority.
+    "alerts.trend": (
+        "SELECT make_timestamp((epoch_us(ts) // {us}) * {us})::TIMESTAMPTZ AS ts, priority AS label, "
+        "count(*)::DOUBLE AS value FROM alert_events "
+        "WHERE status = 'firing' AND previous <> 'firing' AND ts >= {start} AND ts < {end} "
+        "GROUP BY ALL ORDER BY ALL"
+    ),
+    # Minutes from becoming active to resolving, median and worst per bucket of the resolution.
+    "alerts.resolve": (
+        "SELECT make_timestamp((epoch_us(ts) // {us}) * {us})::TIMESTAMPTZ AS ts, "
+        "unnest(['median', 'worst']) AS label, unnest([median(d), max(d)]) AS value "
+        "FROM (SELECT ts, (epoch_us(ts) - epoch_us(active_at)) / 60e6 AS d "
+        "FROM alert_events WHERE status = 'resolved' AND active_at IS NOT NULL AND ts >= {start} AND ts < {end}) "
+        "GROUP BY 1 ORDER BY 1, 2"
+    ),
+}
+
+
+def _alert_event_sql(source: str, window: Window) -> str:
+    from storage.aggregate import sql_literal
+
+    return ALERT_EVENT_SQL[source].format(
+        us=window.step * US, start=sql_literal(window.start), end=sql_literal(window.end)
+    )
+
+
+def alert_events_series(store: MetricStore, panel: Panel, window: Window) -> dict[str, Any]:
+    """A chart of the ``alert_events`` table (alerts fired, time to resolve), from the SQL it shows."""
+    from storage.views import table_has_files
+
+    lines: dict[str, dict[int, float]] = {}
+    if table_has_files(store.lake, "alert_events"):
+        frame = store.sql(_alert_event_sql(panel.source, window))
+        for row in frame.iter_rows(named=True):
+            if row["value"] is not None:
+                lines.setdefault(str(row["label"]), {})[_seconds(row["ts"])] = float(row["value"])
+    shown = sorted(lines)
+    return {
+        "kind": "timeseries",
+        "unit": panel.unit,
+        "interval": window.interval,
+        "start": _seconds(window.start),
+        "end": _seconds(window.end),
+        "hidden": 0,
+        "anomalies": [],
+        "forecast": None,
+        **align(lines, shown),
+    }
+
+
+def now_utc() -> datetime:
+    """The current time (UTC)."""
+    return datetime.now(UTC)
