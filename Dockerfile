@@ -1,6 +1,12 @@
 # The Metrics System image: the Prefect server and the metrics worker run from it
 # (deployments/docker-compose.yml, deployments/k8s/). Build from the repository root:
 #   docker build -t metrics-system:latest .
+# The dashboards' chart library (uPlot), from the npm lock file.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,8 +29,10 @@ WORKDIR /app
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
 
-# Then the project itself.
+# Then the project itself, and the chart library the web UI serves.
 COPY . .
+COPY --from=web /web/node_modules/uplot/dist/uPlot.iife.min.js /web/node_modules/uplot/dist/uPlot.min.css \
+     /web/node_modules/uplot/LICENSE metrics/web/static/vendor/
 RUN uv sync --frozen --no-dev
 
 # A non-root user owning only the data volume; the code stays read-only to it.

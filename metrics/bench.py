@@ -72,10 +72,18 @@ CPU_METRICS = [
 ]
 
 
-def ingest_mix(samples: int, *, series: int | None = None, seed: int = 7, end: datetime | None = None) -> pl.DataFrame:
+def ingest_mix(
+    samples: int,
+    *,
+    series: int | None = None,
+    seed: int = 7,
+    end: datetime | None = None,
+    interval_s: int = INTERVAL_S,
+) -> pl.DataFrame:
     """The ingest benchmark's frame: ``samples`` rows of the realistic mix, time-major, ending at ``end``.
 
-    By default there are 2,000 points per series; ``series`` fixes the number of series instead.
+    By default there are 2,000 points per series, ``interval_s`` apart; ``series`` fixes the number of
+    series instead.
     """
     rng = np.random.default_rng(seed)
     n_series = series or max(1, samples // 2_000)
@@ -102,8 +110,8 @@ def ingest_mix(samples: int, *, series: int | None = None, seed: int = 7, end: d
         else:
             values[:, j] = rng.lognormal(-2.0, 0.5, points)
             metric_names.append(_NOISY[j % len(_NOISY)])
-    end_us = int((end or datetime.now(UTC)).timestamp()) // INTERVAL_S * INTERVAL_S * 1_000_000
-    ts = end_us - (points - 1 - np.arange(points, dtype=np.int64)) * INTERVAL_S * 1_000_000
+    end_us = int((end or datetime.now(UTC)).timestamp()) // interval_s * interval_s * 1_000_000
+    ts = end_us - (points - 1 - np.arange(points, dtype=np.int64)) * interval_s * 1_000_000
     # Every series has its own tag set: hosts repeat across series, but a crypto series has its own
     # key and any other series its own device on that host.
     hosts = [f"host-{j % 250:03d}" for j in range(n_series)]

@@ -154,6 +154,23 @@ def bench_alerts_command(
     _print_figures(bench_alerts(samples, rules, cycles=cycles, console=err), as_json)
 
 
+@bench_app.command("dashboards")
+def bench_dashboards_command(
+    samples: Annotated[
+        int, typer.Option(help="Samples in the lake (the demo mix, one a minute per series).")
+    ] = 10_000_000,
+    loads: Annotated[int, typer.Option(help="Timed loads of each dashboard per range.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on the last line.")] = False,
+) -> None:
+    """Time to first render of each dashboard in headless Chromium (p50 over the loads), at 1 hour and 30 days.
+
+    Needs Debian's chromium package. Example: metrics bench dashboards --samples 10000000 --json
+    """
+    from metrics.bench_dashboards import bench_dashboards
+
+    _print_figures(bench_dashboards(samples, loads=loads, console=err), as_json)
+
+
 def _print_figures(figures: dict[str, Any], as_json: bool) -> None:
     if not as_json:
         out.print_json(data=figures)

@@ -195,9 +195,10 @@ def partials_sql(
     parts: list[str] = []
     all_params: list[Any] = []
 
-    raw_files = [f for d in days if d not in covered for f in lake.files("samples", d, d)]
+    sample_files = lake.files("samples", rng.first_day, rng.last_day) if days else []
+    raw_files = [f for f in sample_files if f.day not in covered]
     if covered and tail_start < rng.end and tail_start.date() in covered:
-        tail_files = lake.files("samples", tail_start.date(), tail_start.date())
+        tail_files = [f for f in sample_files if f.day == tail_start.date()]
     else:
         tail_files = []
     for files, lo in ((raw_files, rng.start), (tail_files, max(tail_start, rng.start))):
@@ -205,7 +206,7 @@ def partials_sql(
             continue
         parts.append(_raw_partial(sources.samples(files), grain, where, columns))
         all_params += [*params, lo, rng.end]
-    rollup_files = [f for d in sorted(covered) for f in lake.files(table, d, d)]
+    rollup_files = [f for f in lake.files(table, min(covered), max(covered)) if f.day in covered] if covered else []
     if rollup_files and rng.start < tail_start:
         selected = ", ".join(f"{sources.rollup_column(_PARTIALS[c][1])} AS {c}" for c in columns)
         parts.append(

@@ -116,12 +116,19 @@ def covered_days(lake: Lake, table: str, days: list[date]) -> set[date]:
     same compacted generations have rollups. New raw files arriving after
     compaction make the day uncovered until the next compaction.
     """
+    if not days:
+        return set()
+    first, last = min(days), max(days)
+    samples: dict[date, set[str]] = {}
+    rollups: dict[date, set[str]] = {}
+    for by_day, found in ((samples, lake.files("samples", first, last)), (rollups, lake.files(table, first, last))):
+        for item in found:
+            by_day.setdefault(item.day, set()).add(item.name)
     covered: set[date] = set()
     for day in days:
-        samples = {f.name for f in lake.files("samples", day, day)}
-        if not samples or not all(name.startswith(COMPACTED_PREFIX) for name in samples):
+        names = samples.get(day)
+        if not names or not all(name.startswith(COMPACTED_PREFIX) for name in names):
             continue
-        rollups = {f.name for f in lake.files(table, day, day)}
-        if rollups == samples:
+        if rollups.get(day) == names:
             covered.add(day)
     return covered

@@ -10,7 +10,6 @@ interval after the last bucket.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,10 @@ from storage.store import MetricStore
 MAX_POINTS = 240  # buckets per chart: enough for a 1,000-pixel-wide line, few enough to send at once
 STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 MAX_RANGE = timedelta(days=90)
+# A counter's rate over a bucket holding one or two samples swings with where they fall: like Grafana's
+# $__rate_interval, rates and increases use buckets of at least a minute (several samples each).
+COUNTER_MIN_STEP = 60
+COUNTER_AGGREGATIONS = ("rate", "increase")
 US = 1_000_000
 
 
@@ -70,13 +73,20 @@ def filters_for(query: Query, dashboard: Dashboard, chosen: Mapping[str, list[st
     return tags
 
 
+def step_of(query: Query, window: Window) -> int:
+    """The bucket width of one query: the window's, or at least a minute for counters."""
+    if query.aggregation in COUNTER_AGGREGATIONS:
+        return max(window.step, COUNTER_MIN_STEP)
+    return window.step
+
+
 def query_args(query: Query, dashboard: Dashboard, window: Window, chosen: Mapping[str, list[str]]) -> dict[str, Any]:
     """Keyword arguments of ``MetricStore.query_aggregated`` (and ``aggregated_sql``) for one query."""
     tags = filters_for(query, dashboard, chosen)
     return {
         "pattern": query.metric,
         "aggregation": query.aggregation,
-        "interval": window.interval,
+        "interval": f"{step_of(query, window)}s",
         "start": window.start,
         "end": window.end,
         "group_by": list(query.group_by),
@@ -117,6 +127,27 @@ def _label(query: Query, row: Mapping[str, Any], many_metrics: bool) -> str:
     return " ".join(parts)
 
 
+def labelled_lines(frame: pl.DataFrame, query: Query, last: int | None = None) -> dict[str, dict[int, float]]:
+    """A query's rows as {line label: {bucket second: value}}, finite values only (up to ``last`` when given).
+
+    Labels are those of :func:`_label`, computed column-wise (a 30-day panel has thousands of rows).
+    """
+    x = pl.col("ts").dt.epoch("s")
+    kept = frame.filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
+    if last is not None:
+        kept = kept.filter(x <= last)
+    parts: list[pl.Expr] = [pl.lit(query.label)] if query.label else []
+    if any(c in query.metric for c in "*?["):
+        parts.append(pl.col("metric"))
+    parts += [pl.col(key).cast(pl.String).fill_null(f"no {key}") for key in query.group_by]
+    labels = pl.concat_str(parts or [pl.col("metric")], separator=" ")
+    table = kept.select(label=labels, x=x, value=pl.col("value"))
+    return {
+        str(label): dict(zip(part.get_column("x").to_list(), part.get_column("value").to_list(), strict=True))
+        for (label,), part in table.group_by("label", maintain_order=True)
+    }
+
+
 def timeseries(
     store: MetricStore,
     settings: Settings,
@@ -130,30 +161,23 @@ def timeseries(
     owners: dict[str, Query] = {}
     for query in panel.queries:
         frame = store.query_aggregated(**query_args(query, dashboard, window, chosen))
-        many = any(c in query.metric for c in "*?[")
         # A counter's last bucket is still filling: its rate would dip to a fraction. Leave it out.
-        last = _seconds(window.end) - window.step if query.aggregation in ("rate", "increase") else None
-        for row in frame.iter_rows(named=True):
-            value = row["value"]
-            if value is None or not math.isfinite(value) or (last is not None and _seconds(row["ts"]) > last):
-                continue
-            label = _label(query, row, many)
-            lines.setdefault(label, {})[_seconds(row["ts"])] = value
+        last = _seconds(window.end) - step_of(query, window) if query.aggregation in COUNTER_AGGREGATIONS else None
+        for label, values in labelled_lines(frame, query, last).items():
+            lines.setdefault(label, {}).update(values)
             owners[label] = query
-    grid = range(_seconds(floor_to(window.start, window.step)), _seconds(window.end), window.step)
     for label, values in lines.items():
         if owners[label].aggregation == "increase":  # an event counter: a bucket without samples saw no events
-            last = _seconds(window.end) - window.step
-            for moment in grid:
-                if moment <= last:
-                    values.setdefault(moment, 0.0)
+            step = step_of(owners[label], window)
+            for moment in range(_seconds(floor_to(window.start, step)), _seconds(window.end) - step + 1, step):
+                values.setdefault(moment, 0.0)
     total = len(lines)
-    shown = sorted(lines, key=lambda label: -_mean(lines[label]))[: panel.top]
-    shown.sort()
+    ranked = sorted(lines, key=lambda label: -_mean(lines[label]))[: panel.top]
+    shown = sorted(ranked)
     result: dict[str, Any] = {
         "kind": "timeseries",
         "unit": panel.unit,
-        "interval": window.interval,
+        "interval": f"{max(step_of(query, window) for query in panel.queries)}s",
         "start": _seconds(window.start),
         "end": _seconds(window.end),
         "hidden": total - len(shown),
@@ -168,7 +192,7 @@ def timeseries(
         if marks:
             columns["anomalies"] = anomaly_column
     if panel.forecast and shown:
-        forecast = _forecast(store, panel, window, shown, owners)
+        forecast = _forecast(store, panel, window, ranked, owners)
         if forecast is not None:
             label, band = forecast
             result["forecast"] = {"label": label}
@@ -215,7 +239,7 @@ def _anomalies(
             label = _label(query, {**tags, "metric": row["metric"], **_missing(query, tags)}, many)
             if label not in columns or owners.get(label) is not query:
                 continue
-            x = _seconds(floor_to(row["ts"], window.step))
+            x = _seconds(floor_to(row["ts"], step_of(query, window)))
             y = columns[label].get(x, row["value"])
             column[x] = y
             marks.append({"x": x, "y": y, "label": label, "value": row["value"], "score": round(row["score"], 3)})
@@ -230,7 +254,7 @@ def _missing(query: Query, tags: Mapping[str, Any]) -> dict[str, Any]:
 def _forecast(
     store: MetricStore, panel: Panel, window: Window, shown: list[str], owners: Mapping[str, Query]
 ) -> tuple[str, dict[str, dict[int, float]]] | None:
-    """The newest forecast of the first shown line that has one, up to half the window ahead."""
+    """The newest forecast of the highest line that has one (``shown`` is ranked), up to half the window ahead."""
     from storage.forecasts import latest_forecasts
 
     horizon_end = window.end + (window.end - window.start) / 2
@@ -274,11 +298,8 @@ def top(
     totals: dict[str, float] = {}
     for query in panel.queries:
         frame = store.query_aggregated(**query_args(query, dashboard, window, chosen))
-        many = any(c in query.metric for c in "*?[")
-        for row in frame.iter_rows(named=True):
-            if row["value"] is not None and math.isfinite(row["value"]):
-                label = _label(query, row, many)
-                totals[label] = totals.get(label, 0.0) + row["value"]
+        for label, values in labelled_lines(frame, query).items():
+            totals[label] = totals.get(label, 0.0) + sum(values.values())
     ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
     return {
         "kind": "bars",
@@ -327,9 +348,14 @@ def alert_events_series(store: MetricStore, panel: Panel, window: Window) -> dic
         for row in frame.iter_rows(named=True):
             if row["value"] is not None:
                 lines.setdefault(str(row["label"]), {})[_seconds(row["ts"])] = float(row["value"])
+    if panel.source == "alerts.trend":  # counts: a bucket without firings fired none
+        for values in lines.values():
+            for moment in range(_seconds(floor_to(window.start, window.step)), _seconds(window.end), window.step):
+                values.setdefault(moment, 0.0)
     shown = sorted(lines)
     return {
         "kind": "timeseries",
+        "style": "points" if panel.source == "alerts.resolve" else "lines",  # one point per resolution
         "unit": panel.unit,
         "interval": window.interval,
         "start": _seconds(window.start),

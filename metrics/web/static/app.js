@@ -110,13 +110,17 @@ function drawTimeseries(article, body, data) {
   const series = [{}];
   const columns = [data.x];
   data.series.forEach((line, index) => {
-    series.push({
+    const color = PALETTE[index % PALETTE.length];
+    const dots = data.style === "points";
+    const options = {
       label: line.label,
-      stroke: PALETTE[index % PALETTE.length],
+      stroke: color,
       width: 1.5,
-      points: { show: false },
+      points: dots ? { show: true, size: 7, fill: color } : { show: false },
       value: (u, v) => withUnit(v, data.unit),
-    });
+    };
+    if (dots) options.paths = () => null;
+    series.push(options);
     columns.push(line.values);
   });
   const extra = data.extra || {};

@@ -106,6 +106,9 @@ def test_pages_need_a_login_and_wrong_credentials_get_the_login_page_not_data(we
         assert "<form" in answer.text  # type: ignore[attr-defined]
         assert SESSION_COOKIE not in web.client.cookies
     assert web.client.get("/api/v1/dashboards/system/panels/cpu").status_code == 401
+    refused = [line for line in read_audit(web.settings.state_dir / "audit.log") if line["action"] == "login"]
+    assert [line["outcome"] for line in refused] == [401] * 4
+    assert all("nope" not in str(line) for line in refused)  # the credential tried is never logged
 
 
 def test_login_sets_a_strict_http_only_cookie_and_opens_the_page(web: Web) -> None:
