@@ -168,7 +168,7 @@ async def authenticate(request: Request) -> Principal:
     state = request.app.state
     if state.insecure_dev:
         principal = INSECURE_DEV
-    elif "authorization" not in request.headers and "x-api-key" not in request.headers:
+    elif "x-api-key" not in request.headers and not _bearer_scheme(request) and SESSION_COOKIE in request.cookies:
         from metrics.api.sessions import session_principal  # a browser: the dashboards' session cookie
 
         principal = session_principal(request)
@@ -179,6 +179,14 @@ async def authenticate(request: Request) -> Principal:
     if limiter is not None:
         limiter.check(principal)
     return principal
+
+
+SESSION_COOKIE = "metrics_session"  # the dashboards' session (metrics.api.sessions signs and reads it)
+
+
+def _bearer_scheme(request: Request) -> bool:
+    """Whether the request carries ``Authorization: Bearer …`` (a proxy's Basic auth leaves the session usable)."""
+    return request.headers.get("authorization", "").lstrip().lower().startswith("bearer")
 
 
 async def verify_credential(request: Request, token: str) -> Principal:

@@ -11,14 +11,15 @@ worker of the data directory). It never holds the credential itself.
 Every request a session authenticates is re-checked: a revoked API key ends
 its sessions at once. Requests that change something (POST, PUT, PATCH,
 DELETE) must also send the session's CSRF token in ``X-CSRF-Token`` (the
-dashboards' scripts do) or, for the HTML forms, a ``csrf`` form field; a
-cross-site page can do neither, and SameSite=Strict keeps the cookie off its
-requests anyway.
+dashboards' scripts do; the logout form sends it as a ``csrf`` field, which
+its route checks); a cross-site page can do neither, and SameSite=Strict
+keeps the cookie off its requests anyway.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -30,11 +31,10 @@ from pathlib import Path
 import orjson
 from fastapi import Request
 
-from metrics.api.auth import Principal, Role, keys_of
+from metrics.api.auth import SESSION_COOKIE, Principal, Role, keys_of
 from metrics.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from metrics.settings import Settings
 
-SESSION_COOKIE = "metrics_session"
 LOGIN_COOKIE = "metrics_login"  # the login form's own CSRF nonce (double submit), before any session exists
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -94,7 +94,7 @@ class SessionSigner:
         """The session a cookie stands for; raises :class:`AuthenticationError` when forged, mangled or expired."""
         now = time.time() if now is None else now
         body, _, signature = cookie.partition(".")
-        if not body or not signature or len(cookie) > MAX_COOKIE_BYTES:
+        if not body or not signature or len(cookie) > MAX_COOKIE_BYTES or not cookie.isascii():
             raise AuthenticationError("session cookie malformed; log in again")
         try:
             given = _unb64(signature)
@@ -145,6 +145,14 @@ def _stored_secret(path: Path) -> bytes:
         os.link(scratch, path)  # fails when another worker was first: then its key is the key
     except FileExistsError:
         pass
+    except OSError:  # a file system without hard links: exclusive creation decides instead
+        with contextlib.suppress(FileExistsError):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(descriptor, scratch.read_bytes())
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
     finally:
         scratch.unlink()
     return _read_secret(path)
@@ -163,7 +171,7 @@ def _read_secret(path: Path) -> bytes:
 
 def check_csrf(session: Session, sent: str | None) -> None:
     """Refuse a state change whose CSRF token is missing or not the session's."""
-    if not sent or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+    if not sent or not hmac.compare_digest(sent.encode("utf-8", "replace"), session.csrf.encode()):
         raise PermissionDeniedError("CSRF token missing or wrong: reload the page and try again")
 
 
@@ -179,6 +187,7 @@ def session_principal(request: Request) -> Principal:
         )
     session = signer_of(request).read(cookie)
     principal = session.principal
+    request.state.principal = principal  # before the checks below: the audit log names who was refused
     if principal.source == "session:key" and principal.key_id and not keys_of(request).active(principal.key_id):
         raise AuthenticationError("the API key of this session was revoked; log in again")
     if request.method not in SAFE_METHODS:

@@ -14,6 +14,7 @@ login page again with a 401, never data.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from pathlib import Path
@@ -29,9 +30,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from metrics.api.auth import Principal, verify_credential
 from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, check_csrf, signer_of
-from metrics.errors import AuthenticationError, MetricsError
+from metrics.errors import AuthenticationError
 from metrics.web.boards import DASHBOARDS, dashboard
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 VENDOR_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
@@ -52,13 +54,16 @@ router = APIRouter(include_in_schema=False)
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(), auto_reload=False)
 
 
+def missing_vendor_files() -> list[str]:
+    """The chart library's files not installed (``make setup`` copies them from npm); empty when all are there."""
+    return [name for name in VENDOR_FILES if not (STATIC_DIR / "vendor" / name).is_file()]
+
+
 def static_files() -> StaticFiles:
-    """The ``/static`` app; raises when the chart library was not installed (``make setup`` copies it)."""
-    missing = [name for name in VENDOR_FILES if not (STATIC_DIR / "vendor" / name).is_file()]
+    """The ``/static`` app. Without the chart library the API still runs; the pages say what to do."""
+    missing = missing_vendor_files()
     if missing:
-        raise MetricsError(
-            f"{STATIC_DIR / 'vendor'}: {', '.join(missing)} missing; run `make setup` (it installs uPlot with npm)"
-        )
+        log.warning("%s missing: dashboards cannot draw charts; run `make setup`", ", ".join(missing))
     return StaticFiles(directory=STATIC_DIR)
 
 
@@ -73,8 +78,14 @@ def _secure(request: Request) -> bool:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path of this site (never ``//elsewhere`` or a full URL): no open redirect after login."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """Only a path of this site (never ``//elsewhere``, a full URL or control characters): no open redirect."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and all(" " < char != "\x7f" for char in target)
+    ):
         return target
     return "/"
 
@@ -143,7 +154,7 @@ async def login(request: Request) -> Response:
     form = await _form(request)
     target = _safe_next(form.get("next"))
     nonce = request.cookies.get(LOGIN_COOKIE)
-    if not nonce or not secrets.compare_digest(nonce, form.get("csrf", "")):
+    if not nonce or not secrets.compare_digest(nonce.encode(), form.get("csrf", "").encode()):
         return _login_page(request, 403, "The form expired; please log in again.", target)
     credential = form.get("credential", "").strip()
     try:
@@ -154,8 +165,13 @@ async def login(request: Request) -> Response:
         return _login_page(request, 401, "That API key or token was not accepted.", target)
     request.state.principal = principal
     not_after = None
-    if principal.source == "jwt":
-        not_after = float(jwt.decode(credential, options={"verify_signature": False})["exp"])
+    if principal.source == "jwt":  # verified above: only its expiry is read here
+        try:
+            not_after = float(jwt.decode(credential, options={"verify_signature": False})["exp"])
+        except (jwt.InvalidTokenError, KeyError, TypeError, ValueError, OverflowError):
+            return _login_page(request, 401, "That token has no usable expiry.", target)
+        if not_after <= time.time() + 5:
+            return _login_page(request, 401, "That token has expired.", target)
     cookie = signer_of(request).issue(principal, now=time.time(), not_after=not_after)
     response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
     response.set_cookie(
@@ -177,8 +193,8 @@ async def logout(request: Request) -> Response:
     request.state.audit_action = "logout"
     principal = _session(request)
     if principal is not None and getattr(request.state, "session", None) is not None:
-        check_csrf(request.state.session, (await _form(request)).get("csrf"))
         request.state.principal = principal
+        check_csrf(request.state.session, (await _form(request)).get("csrf"))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -206,4 +222,5 @@ async def dashboard_page(request: Request, name: str) -> Response:
         definition=orjson.dumps(describe(board)).decode(),
         principal=principal,
         csrf=session.csrf if session is not None else "",
+        missing=missing_vendor_files(),
     )

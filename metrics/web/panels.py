@@ -127,15 +127,23 @@ def _label(query: Query, row: Mapping[str, Any], many_metrics: bool) -> str:
     return " ".join(parts)
 
 
-def labelled_lines(frame: pl.DataFrame, query: Query, last: int | None = None) -> dict[str, dict[int, float]]:
-    """A query's rows as {line label: {bucket second: value}}, finite values only (up to ``last`` when given).
+def labelled_lines(
+    frame: pl.DataFrame, query: Query, *, step: int | None = None, end: int | None = None
+) -> dict[str, dict[int, float]]:
+    """A query's rows as {line label: {bucket second: value}}, finite values only.
 
-    Labels are those of :func:`_label`, computed column-wise (a 30-day panel has thousands of rows).
+    With ``step`` and ``end`` (a rate), the bucket still filling at ``end`` is the rate over its elapsed
+    part rather than over the whole step, or left out while less than half of it has elapsed (too few
+    samples to say). Labels are those of :func:`_label`, computed column-wise (a 30-day panel has
+    thousands of rows).
     """
     x = pl.col("ts").dt.epoch("s")
     kept = frame.filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
-    if last is not None:
-        kept = kept.filter(x <= last)
+    if step is not None and end is not None:
+        elapsed = pl.lit(end) - x
+        kept = kept.filter(elapsed * 2 >= step).with_columns(
+            value=pl.when(elapsed < step).then(pl.col("value") * step / elapsed).otherwise(pl.col("value"))
+        )
     parts: list[pl.Expr] = [pl.lit(query.label)] if query.label else []
     if any(c in query.metric for c in "*?["):
         parts.append(pl.col("metric"))
@@ -161,15 +169,15 @@ def timeseries(
     owners: dict[str, Query] = {}
     for query in panel.queries:
         frame = store.query_aggregated(**query_args(query, dashboard, window, chosen))
-        # A counter's last bucket is still filling: its rate would dip to a fraction. Leave it out.
-        last = _seconds(window.end) - step_of(query, window) if query.aggregation in COUNTER_AGGREGATIONS else None
-        for label, values in labelled_lines(frame, query, last).items():
+        # A rate's last bucket is still filling: over the whole step it would dip to a fraction.
+        partial = {"step": step_of(query, window), "end": _seconds(window.end)} if query.aggregation == "rate" else {}
+        for label, values in labelled_lines(frame, query, **partial).items():
             lines.setdefault(label, {}).update(values)
             owners[label] = query
     for label, values in lines.items():
         if owners[label].aggregation == "increase":  # an event counter: a bucket without samples saw no events
             step = step_of(owners[label], window)
-            for moment in range(_seconds(floor_to(window.start, step)), _seconds(window.end) - step + 1, step):
+            for moment in range(_seconds(floor_to(window.start, step)), _seconds(window.end), step):
                 values.setdefault(moment, 0.0)
     total = len(lines)
     ranked = sorted(lines, key=lambda label: -_mean(lines[label]))[: panel.top]

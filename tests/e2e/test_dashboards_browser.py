@@ -242,6 +242,12 @@ def test_every_dashboard_draws_data_and_follows_the_time_range(site: Site, page:
     page.wait_for_function("() => document.querySelectorAll('#panel-cpu .u-legend .u-series').length === 2")
     assert "host=" in page.url
 
+    # arriving at the login page with a live session (a cross-site link withholds the Strict cookie): on we go
+    page.goto(f"{site.base}/login?next=%2Fdashboards%2Fkeys%3Frange%3D6h")
+    page.wait_for_url(f"{site.base}/dashboards/keys?range=6h")
+
+    page.goto(f"{site.base}/dashboards/system?range=6h")
+    wait_rerendered(page)
     # the query behind a chart, as SQL for `metrics sql`
     page.click("#panel-cpu .show-sql")
     page.wait_for_selector("#panel-cpu .sql:not([hidden])")

@@ -25,6 +25,8 @@ from metrics.web.sources import panel_data
 
 router = APIRouter(prefix="/api/v1/dashboards", tags=["dashboards"])
 MAX_FILTER_VALUES = 500
+MAX_TAGS = 20  # tag filters per panel request
+MAX_TAG_LENGTH = 256
 DEFAULT_RANGE = timedelta(hours=1)
 
 
@@ -61,7 +63,11 @@ def window_of(start: str | None, end: str | None) -> Window:
 def chosen_filters(board: Dashboard, tag: list[str]) -> dict[str, list[str]]:
     """``host=web-1`` items as {key: [values]}, only for the filters the dashboard offers."""
     chosen: dict[str, list[str]] = {}
+    if len(tag) > MAX_TAGS:
+        raise ValidationError(f"tag: at most {MAX_TAGS} filters, got {len(tag)}")
     for item in tag:
+        if len(item) > MAX_TAG_LENGTH:
+            raise ValidationError(f"tag: a filter is at most {MAX_TAG_LENGTH} characters")
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:

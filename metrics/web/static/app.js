@@ -7,6 +7,8 @@ const main = document.getElementById("dashboard");
 const board = JSON.parse(main.dataset.dashboard);
 const csrf = main.dataset.csrf;
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79"];
+const canAct = main.dataset.role === "writer" || main.dataset.role === "admin"; // acknowledge, expire
+const REFRESH_CHOICES = [0, 10, 30, 60, 300]; // seconds; anything else in a link means off
 const charts = new Map(); // panel id -> uPlot instance
 let refreshTimer = null;
 let generation = 0; // a newer load makes older responses stale
@@ -23,7 +25,7 @@ function readState() {
     range: params.get("range") || (params.get("start") ? "custom" : "1h"),
     start: params.get("start") || "",
     end: params.get("end") || "",
-    refresh: Number(params.get("refresh") || 0),
+    refresh: REFRESH_CHOICES.includes(Number(params.get("refresh"))) ? Number(params.get("refresh")) : 0,
     filters,
   };
 }
@@ -208,7 +210,7 @@ function actionCell(data, index, panel) {
   const status = data.rows[index][data.columns.indexOf(data.action === "acknowledge" ? "status" : "state")];
   const acknowledged = data.action === "acknowledge" && data.rows[index][data.columns.indexOf("acknowledged_by")];
   const possible = data.action === "acknowledge" ? status === "firing" && !acknowledged : data.actionable[index];
-  if (!possible) return td;
+  if (!possible || !canAct) return td;
   const button = element("button", { type: "button", class: "small" }, data.action === "acknowledge" ? "Acknowledge" : "Expire");
   button.addEventListener("click", async () => {
     button.disabled = true;
@@ -320,9 +322,14 @@ function localInput(iso) {
   return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
 }
 
+// The next refresh is scheduled when a load ends, so slow loads never pile up.
 function setRefresh(seconds) {
-  clearInterval(refreshTimer);
-  refreshTimer = seconds ? setInterval(loadAll, seconds * 1000) : null;
+  clearTimeout(refreshTimer);
+  refreshTimer = null;
+  if (seconds) refreshTimer = setTimeout(async () => {
+    await loadAll();
+    if (readState().refresh === seconds) setRefresh(seconds);
+  }, seconds * 1000);
 }
 
 async function loadFilters(state) {

@@ -302,3 +302,62 @@ def test_the_shown_sql_runs_in_metrics_sql_and_gives_the_panel(web: Web) -> None
     shown = {x: v for x, v in zip(data["x"], data["series"][0]["values"], strict=True) if v is not None}
     pasted = {int(row["ts"].timestamp()): row["value"] for row in rows.iter_rows(named=True)}
     assert shown == pytest.approx(pasted)
+
+
+def test_a_missing_chart_library_is_named_on_the_page(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    import metrics.web.pages as pages
+
+    web.login(web.tokens["reader"])
+    assert "chart library is not installed" not in web.client.get("/dashboards/system").text
+    assert web.client.get("/static/vendor/uPlot.iife.min.js").status_code == 200
+    monkeypatch.setattr(pages, "VENDOR_FILES", ("uPlot.iife.min.js", "not-installed.js"))
+    page = web.client.get("/dashboards/system").text
+    assert "chart library is not installed (not-installed.js missing" in page
+    assert "make setup" in page
+
+
+def test_odd_cookies_and_forms_are_refused_not_errors(web: Web) -> None:
+    odd_cookie = {"Cookie": f"{SESSION_COOKIE}=\xe9bc.AAAA".encode("latin-1")}
+    assert web.client.get("/api/v1/dashboards", headers=odd_cookie).status_code == 401  # type: ignore[arg-type]
+    page = web.client.get("/dashboards/system", headers=odd_cookie, follow_redirects=False)  # type: ignore[arg-type]
+    assert page.status_code == 303
+    with pytest.raises(AuthenticationError, match="malformed"):
+        SessionSigner(b"k" * 32, ttl=60).read("ébc.AAAA")
+    web.client.get("/login")
+    odd = web.client.post(
+        "/login",
+        content="credential=x&csrf=%C3%A9",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert odd.status_code == 403
+
+
+def test_a_refused_session_change_names_its_principal_in_the_audit_log(web: Web) -> None:
+    web.login(web.tokens["writer"])
+    silence = {"matchers": ["host=web-1"], "comment": "deploy", "duration_seconds": 600}
+    assert web.client.post("/api/v1/alerts/silences", json=silence).status_code == 403
+    refused = [line for line in read_audit(web.settings.state_dir / "audit.log") if line["outcome"] == 403]
+    assert [line["principal"] for line in refused] == ["writer-person"]
+
+
+def test_an_expired_or_expiring_jwt_gets_no_session(web: Web) -> None:
+    token = jwt.encode({"sub": "late", "role": "reader", "exp": int(time.time()) - 10}, JWT_SECRET, "HS256")
+    answer = web.login(token)  # within the 30 s leeway the API allows, but no session would outlive it
+    assert answer.status_code == 401  # type: ignore[attr-defined]
+    assert "expired" in answer.text  # type: ignore[attr-defined]
+    assert SESSION_COOKIE not in web.client.cookies
+
+
+def test_a_proxy_basic_auth_header_leaves_the_session_usable(web: Web) -> None:
+    web.login(web.tokens["reader"])
+    assert web.client.get("/api/v1/dashboards", headers={"Authorization": "Basic cHJveHk6cHc="}).status_code == 200
+    bearer = web.client.get("/api/v1/dashboards", headers={"Authorization": "Bearer mk_000000000000_nope"})
+    assert bearer.status_code == 401  # an explicit credential is judged on its own
+
+
+def test_too_many_tag_filters_are_refused(web: Web) -> None:
+    headers = {"X-API-Key": web.tokens["reader"]}
+    many = [("tag", f"host=h{i}") for i in range(21)]
+    assert web.client.get("/api/v1/dashboards/system/panels/cpu", params=many, headers=headers).status_code == 422
+    long = {"tag": "host=" + "x" * 300}
+    assert web.client.get("/api/v1/dashboards/system/panels/cpu", params=long, headers=headers).status_code == 422

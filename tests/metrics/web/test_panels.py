@@ -231,3 +231,26 @@ def test_key_and_alert_tables(settings: Settings, tmp_path: Path, now: datetime)
     assert "FROM alert_events" in sql
     assert ledger_sql.startswith("-- Key inventory: read from the key ledger")
     assert orjson.loads(orjson.dumps(inventory)) == inventory  # JSON-ready as it is
+
+
+def test_a_rate_s_filling_bucket_is_a_rate_over_its_elapsed_part(
+    store: MetricStore, settings: Settings, now: datetime
+) -> None:
+    """A counter rising 1/s: complete buckets read 1.0; the bucket still filling is not a dip."""
+    base = now - timedelta(minutes=10)
+    stamps = [base - timedelta(seconds=s) for s in range(3600, -50, -10)]  # up to base + 40 s
+    frame = pl.DataFrame(
+        {"ts": stamps, "value": [float((ts - stamps[0]).total_seconds()) for ts in stamps]},
+        schema_overrides={"ts": TS},
+    ).with_columns(metric=pl.lit("application.ingest.samples"), type=pl.lit("counter"), host=pl.lit("api-1"))
+    store.ingest_frame(frame)
+    store.flush()
+    board = dashboard("performance")
+    filling = Window.of(base - timedelta(minutes=50), base + timedelta(seconds=45))
+    data = panel_data(store, settings, board, board.panel("ingest"), filling, {})
+    values = [v for v in data["series"][0]["values"] if v is not None]
+    assert values[1:-1] == pytest.approx([1.0] * (len(values) - 2))
+    assert 0.95 < values[-1] < 1.25  # 50 counted over the 45 s elapsed, not over 60 s (0.83)
+    early = Window.of(base - timedelta(minutes=50), base + timedelta(seconds=20))
+    data = panel_data(store, settings, board, board.panel("ingest"), early, {})
+    assert data["x"][-1] == int((base - timedelta(minutes=1)).timestamp())  # 20 s of 60: left out
