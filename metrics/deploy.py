@@ -210,6 +210,7 @@ def deploy(
         api = _start_api(supervisor, settings)
         _start_jobs(supervisor, settings, options)
         echo(f"HTTP API:    {api}  (OpenAPI at {api}/docs)")
+        echo(f"Dashboards:  {api}/  (log in with an API key)")
         if options.mode == "development":
             _print_bootstrap_key(settings, echo)
         echo(f"Prefect UI:  {ui_url}")

@@ -125,6 +125,12 @@ def test_deploy_serves_the_flows_and_stops_every_child(deployment: Deployment) -
     assert f"HTTP API:    {api}" in deployment.text()
     with urllib.request.urlopen(f"{api}/health", timeout=10) as response:
         assert json.loads(response.read())["status"] == "ok"
+    assert f"Dashboards:  {api}/" in deployment.text()
+    with urllib.request.urlopen(f"{api}/dashboards/system", timeout=10) as response:  # follows to the login
+        assert response.url.startswith(f"{api}/login?next=")
+        assert b'name="credential"' in response.read()
+    with urllib.request.urlopen(f"{api}/static/vendor/uPlot.iife.min.js", timeout=10) as response:
+        assert response.status == 200
     # The first start creates an admin key and shows it once; it works against the API.
     token = re.search(r"^  (mk_\S+)$", deployment.text(), re.MULTILINE).group(1)  # type: ignore[union-attr]
     batch = {"metrics": [{"metric_id": "deploy.test", "value": 1.0, "tags": {"via": "api"}}]}
