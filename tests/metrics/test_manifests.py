@@ -403,13 +403,18 @@ def test_every_python_module_run_by_the_files_exists(tmp_path: Path) -> None:
 def test_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim$", text, re.MULTILINE)
-    steps = re.findall(r"^(COPY .*|RUN uv sync .*)$", text, re.MULTILINE)
+    steps = re.findall(r"^(COPY .*|RUN uv sync .*|RUN npm .*)$", text, re.MULTILINE)
     assert steps == [
+        "COPY web/package.json web/package-lock.json ./",  # the chart library's stage, from the npm lock
+        "RUN npm ci --no-audit --no-fund --loglevel=error",
         "COPY pyproject.toml uv.lock ./",
         "RUN uv sync --frozen --no-dev --no-install-project",
         "COPY . .",
+        "COPY --from=web /web/node_modules/uplot/dist/uPlot.iife.min.js /web/node_modules/uplot/dist/uPlot.min.css \\",
         "RUN uv sync --frozen --no-dev",
     ]
+    assert re.search(r"^FROM node:20-slim AS web$", text, re.MULTILINE)
+    assert "metrics/web/static/vendor/" in text
     assert re.search(r"^USER (?!root)\w+$", text, re.MULTILINE)
     assert re.search(r"^WORKDIR /app$", text, re.MULTILINE)
     for setting in ("PATH=/app/.venv/bin:$PATH", "PREFECT_SERVER_ANALYTICS_ENABLED=false", "DO_NOT_TRACK=1"):
