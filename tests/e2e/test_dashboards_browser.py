@@ -237,6 +237,20 @@ def test_every_dashboard_draws_data_and_follows_the_time_range(site: Site, page:
     state = wait_rerendered(page)
     assert all(state == "ready" for state, _ in state.panels.values())
 
+    # a custom range: from 3 hours ago to 1 hour ago (the inputs are local time)
+    page.select_option("#range", "custom")
+    offset = page.evaluate("new Date().getTimezoneOffset()")
+    local = datetime.now(UTC) - timedelta(minutes=offset)
+    page.fill("#from", (local - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#to", (local - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.click("#apply")
+    page.wait_for_function("() => document.querySelector('#panel-cpu .note').innerText.includes('30s buckets')")
+    assert "start=" in page.url
+    assert "end=" in page.url
+    assert all(state == "ready" for state, _ in wait_rerendered(page).panels.values())
+    page.select_option("#range", "6h")
+    wait_rerendered(page)
+
     # a tag filter narrows every panel to the host
     page.select_option("select.filter[data-tag=host]", index=1)
     page.wait_for_function("() => document.querySelectorAll('#panel-cpu .u-legend .u-series').length === 2")
