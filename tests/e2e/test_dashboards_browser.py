@@ -280,3 +280,23 @@ def test_alerts_can_be_acknowledged_from_the_dashboard(site: Site, page: Any) ->
     )
     assert "writer-person" in page.locator("#panel-active table").inner_text()
     assert "e2e maintenance" in page.locator("#panel-silences").inner_text()
+    # a new silence from the form (a writer's session, with the CSRF token), then expired again
+    page.fill(".silence-form input[name=matchers]", "host=host-042, rule_id=busy_cpu")
+    page.fill(".silence-form input[name=comment]", "from the browser")
+    page.click(".silence-form button")
+    page.wait_for_function("() => document.querySelector('#panel-silences').innerText.includes('from the browser')")
+    assert "host=host-042, rule_id=busy_cpu" in page.locator("#panel-silences table").inner_text()
+    row = page.locator("#panel-silences tr", has_text="from the browser")
+    row.locator("button", has_text="Expire").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#panel-silences tr')]"
+        ".some((r) => r.innerText.includes('from the browser') && r.innerText.includes('expired'))"
+    )
+
+
+def test_a_reader_sees_alerts_but_no_buttons(site: Site, page: Any) -> None:
+    login(page, site.base, site.tokens["reader"], "/dashboards/alerts")
+    render = open_dashboard(page, f"{site.base}/dashboards/alerts?range=6h")
+    assert render.panels["active"][1] >= 1
+    assert page.locator("#panel-active .body button, #panel-silences .body button").count() == 0
+    assert page.locator(".silence-form").count() == 0

@@ -402,6 +402,26 @@ function setUp() {
   for (const panel of board.panels) {
     document.querySelector(`#panel-${panel.id} .show-sql`).addEventListener("click", () => showSql(panel));
   }
+  const silenceForm = document.querySelector(".silence-form");
+  if (silenceForm) {
+    silenceForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const form = new FormData(silenceForm);
+      const body = {
+        matchers: String(form.get("matchers")).split(",").map((m) => m.trim()).filter(Boolean),
+        duration_seconds: Number(form.get("duration")),
+        comment: String(form.get("comment")),
+      };
+      try {
+        await api("/api/v1/alerts/silences", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+        silenceForm.reset();
+        await loadPanel(board.panels.find((p) => p.id === "silences"), readState(), generation);
+        setStatus("silence created");
+      } catch (error) {
+        setStatus(`silence: ${error.message}`);
+      }
+    });
+  }
   let resizing = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizing);
