@@ -7,6 +7,7 @@ UV_BIN := $(CURDIR)/.uv-bin
 UV := $(shell command -v uv 2>/dev/null || echo $(UV_BIN)/uv)
 VENV := .venv
 WEB_VENDOR := metrics/web/static/vendor
+TEST_WORKERS ?= 2  # pytest-xdist processes; each test file runs whole in one of them (--dist loadfile)
 PY := $(VENV)/bin/python
 export UV_PYTHON_PREFERENCE := system
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -47,7 +48,7 @@ test: setup ## Lint, type-check and run the test suite with coverage
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
 
 lint: setup ## ruff and mypy only
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,30 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from metrics.settings import Settings
 from storage.store import MetricStore
 
+
+def _import_wide_consoles() -> None:
+    """Import the CLI modules with COLUMNS=400: their rich consoles read the width once, at import.
+
+    Tables then never wrap in tests, whichever test (or pytest-xdist worker) imports them first; the
+    variable is restored afterwards so pytest's own output keeps the terminal's width.
+    """
+    import importlib
+
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "400"
+    try:
+        for module in ("metrics.cli", "metrics.cli_alerts", "metrics.cli_bench", "metrics.cli_collect",
+                       "metrics.cli_forecast", "metrics.cli_keys", "metrics.cli_models"):  # fmt: skip
+            importlib.import_module(module)
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+_import_wide_consoles()
+
 SAMPLE_INTERVAL = timedelta(seconds=10)
 # The system metric names the original spec shows.
 SPEC_SYSTEM_METRICS = {
