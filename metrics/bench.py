@@ -44,7 +44,7 @@ MIX = {"counter": 0.40, "gauge2": 0.35, "constant": 0.15, "noisy": 0.10}
 _COUNTERS = [
     "crypto.key.encryption_ops",
     "crypto.key.decryption_ops",
-    "crypto.key.sign_ops",
+    "crypto.key.signing_ops",
     "system.network.bytes_sent",
     "system.network.bytes_recv",
     "http.requests_total",

@@ -106,8 +106,6 @@ def slowest_panel(base: str, token: str, name: str, span: str) -> dict[str, Any]
 
 def build_lake(folder: Path, samples: int, console: Console) -> dict[str, Any]:
     """A compacted lake of ``samples`` demo-mix samples, one a minute per series ending now, plus key logs."""
-    import polars as pl
-
     from metrics.auditgen import write_demo_logs
     from metrics.bench import ingest_mix
     from metrics.settings import Settings
@@ -118,12 +116,6 @@ def build_lake(folder: Path, samples: int, console: Console) -> dict[str, Any]:
     series = 240
     console.log(f"generating {samples:,} samples ({series} series, one a minute)")
     frame = ingest_mix(samples, series=series, end=now, interval_s=60)
-    frame = frame.with_columns(
-        pl.when(pl.col("metric") == "crypto.key.sign_ops")
-        .then(pl.lit("crypto.key.signing_ops"))
-        .otherwise(pl.col("metric").cast(pl.String))
-        .alias("metric")
-    )
     settings = Settings(data_dir=folder, batch_size=1_000_000)
     started = time.perf_counter()
     with MetricStore(settings).open(background_flush=False) as store:

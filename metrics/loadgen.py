@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 
 INGEST_PATH = "/api/v1/metrics"
-_COUNTERS = ("crypto.key.encryption_ops", "crypto.key.decryption_ops", "crypto.key.sign_ops", "http.requests_total")
+_COUNTERS = ("crypto.key.encryption_ops", "crypto.key.decryption_ops", "crypto.key.signing_ops", "http.requests_total")
 _GAUGES = ("system.cpu.usage_total", "system.memory.usage_percent", "system.disk.usage_percent", "system.load.1m")
 _LATENCIES = ("http.request.latency_seconds", "crypto.kms.call_latency_seconds")
 _REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")

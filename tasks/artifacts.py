@@ -21,11 +21,12 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from metrics.errors import ValidationError
 from metrics.settings import Settings
+from metrics.web.boards import DASHBOARDS as BOARDS
+from metrics.web.boards import FILTER_TAGS
 
 log = logging.getLogger(__name__)
 
-DASHBOARDS = ("system", "security", "keys", "performance", "alerts")
-DASHBOARD_FILTERS = ("host", "key_id", "algorithm")  # the tags a dashboard filters by (query parameters)
+DASHBOARDS = tuple(BOARDS)  # the web UI's dashboards, declared in metrics.web.boards (plain data, no I/O)
 DEFAULT_DASHBOARD = "system"
 # A metric's dashboard: the first glob it matches (order matters: the security counters of keys before crypto.*).
 METRIC_DASHBOARDS: tuple[tuple[str, str], ...] = (
@@ -82,7 +83,7 @@ def dashboard_link(settings: Settings, name: str, **params: Any) -> str:
 
 def dashboard_filters(tags: Mapping[str, Any]) -> dict[str, str]:
     """The tags of a series that a dashboard filters by (``host``, ``key_id``, ``algorithm``), as parameters."""
-    return {name: str(tags[name]) for name in DASHBOARD_FILTERS if tags.get(name) not in (None, "")}
+    return {name: str(tags[name]) for name in FILTER_TAGS if tags.get(name) not in (None, "")}
 
 
 def range_param(seconds: float) -> str:

@@ -175,10 +175,11 @@ def check_csrf(session: Session, sent: str | None) -> None:
         raise PermissionDeniedError("CSRF token missing or wrong: reload the page and try again")
 
 
-def session_principal(request: Request) -> Principal:
-    """The principal of the request's session cookie, re-checked; raises when there is no valid session.
+def request_session(request: Request) -> Session:
+    """The request's session, re-checked (signature, expiry, its API key not revoked); raises when there is none.
 
-    A session of an API key ends when the key is revoked; a state change needs the CSRF token.
+    Sets ``request.state.session``, and ``request.state.principal`` as soon as the cookie is read, so the
+    audit log names who was refused by any later check.
     """
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
@@ -187,13 +188,19 @@ def session_principal(request: Request) -> Principal:
         )
     session = signer_of(request).read(cookie)
     principal = session.principal
-    request.state.principal = principal  # before the checks below: the audit log names who was refused
+    request.state.principal = principal
     if principal.source == "session:key" and principal.key_id and not keys_of(request).active(principal.key_id):
         raise AuthenticationError("the API key of this session was revoked; log in again")
+    request.state.session = session
+    return session
+
+
+def session_principal(request: Request) -> Principal:
+    """The principal of the request's session (:func:`request_session`); a state change needs the CSRF token."""
+    session = request_session(request)
     if request.method not in SAFE_METHODS:
         check_csrf(session, request.headers.get(CSRF_HEADER))
-    request.state.session = session
-    return principal
+    return session.principal
 
 
 def signer_of(request: Request) -> SessionSigner:

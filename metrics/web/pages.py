@@ -28,8 +28,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from metrics.api.auth import Principal, verify_credential
-from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, check_csrf, signer_of
+from metrics.api.auth import INSECURE_DEV, Principal, verify_credential
+from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, check_csrf, request_session, signer_of
 from metrics.errors import AuthenticationError
 from metrics.web.boards import DASHBOARDS, dashboard
 
@@ -93,23 +93,11 @@ def _safe_next(target: str | None) -> str:
 def _session(request: Request) -> Principal | None:
     """The logged-in principal of a page request, or None (pages redirect to the login instead of a 401)."""
     if request.app.state.insecure_dev:
-        from metrics.api.auth import INSECURE_DEV
-
         return INSECURE_DEV
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
     try:
-        session = signer_of(request).read(cookie)
+        return request_session(request).principal
     except AuthenticationError:
         return None
-    from metrics.api.auth import keys_of
-
-    principal = session.principal
-    if principal.source == "session:key" and principal.key_id and not keys_of(request).active(principal.key_id):
-        return None
-    request.state.session = session
-    return principal
 
 
 def _to_login(request: Request) -> RedirectResponse:

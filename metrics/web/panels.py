@@ -10,18 +10,17 @@ interval after the last bucket.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import polars as pl
 
 from metrics.errors import ValidationError
 from metrics.settings import Settings
 from metrics.web.boards import Dashboard, Panel, Query
-from storage.aggregate import floor_to
+from storage.aggregate import floor_to, sql_literal
 from storage.store import MetricStore
 
 MAX_POINTS = 240  # buckets per chart: enough for a 1,000-pixel-wide line, few enough to send at once
@@ -117,14 +116,23 @@ SOURCE_ORIGINS = {
 }
 
 
-def _label(query: Query, row: Mapping[str, Any], many_metrics: bool) -> str:
-    parts = [query.label] if query.label else []
-    if many_metrics:
-        parts.append(str(row["metric"]))
-    parts += [str(row[key]) if row[key] is not None else f"no {key}" for key in query.group_by]
-    if not parts:
-        parts.append(str(row["metric"]))
-    return " ".join(parts)
+def line_label(query: Query, tag: Callable[[str], pl.Expr] = pl.col) -> pl.Expr:
+    """The name of the line a row belongs to: the query's label, the metric when the pattern is a glob, and
+    the group-by tags (``no <key>`` where a series lacks one); the metric alone when that leaves nothing.
+
+    ``tag(key)`` is the column of a tag: the group-by columns of an aggregate (default), or a field of the
+    ``tags`` JSON of stored anomalies and forecasts (:func:`json_tag`).
+    """
+    parts: list[pl.Expr] = [pl.lit(query.label)] if query.label else []
+    if any(c in query.metric for c in "*?["):
+        parts.append(pl.col("metric"))
+    parts += [tag(key).cast(pl.String).fill_null(f"no {key}") for key in query.group_by]
+    return pl.concat_str(parts or [pl.col("metric")], separator=" ")
+
+
+def json_tag(key: str) -> pl.Expr:
+    """A tag's value from the ``tags`` JSON column (null where the series lacks it)."""
+    return pl.col("tags").str.json_path_match(f"$['{key}']")
 
 
 def labelled_lines(
@@ -134,8 +142,7 @@ def labelled_lines(
 
     With ``step`` and ``end`` (a rate), the bucket still filling at ``end`` is the rate over its elapsed
     part rather than over the whole step, or left out while less than half of it has elapsed (too few
-    samples to say). Labels are those of :func:`_label`, computed column-wise (a 30-day panel has
-    thousands of rows).
+    samples to say). Labels are :func:`line_label`'s.
     """
     x = pl.col("ts").dt.epoch("s")
     kept = frame.filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
@@ -144,12 +151,7 @@ def labelled_lines(
         kept = kept.filter(elapsed * 2 >= step).with_columns(
             value=pl.when(elapsed < step).then(pl.col("value") * step / elapsed).otherwise(pl.col("value"))
         )
-    parts: list[pl.Expr] = [pl.lit(query.label)] if query.label else []
-    if any(c in query.metric for c in "*?["):
-        parts.append(pl.col("metric"))
-    parts += [pl.col(key).cast(pl.String).fill_null(f"no {key}") for key in query.group_by]
-    labels = pl.concat_str(parts or [pl.col("metric")], separator=" ")
-    table = kept.select(label=labels, x=x, value=pl.col("value"))
+    table = kept.select(label=line_label(query), x=x, value=pl.col("value"))
     return {
         str(label): dict(zip(part.get_column("x").to_list(), part.get_column("value").to_list(), strict=True))
         for (label,), part in table.group_by("label", maintain_order=True)
@@ -238,13 +240,10 @@ def _anomalies(
     column: dict[int, float] = {}
     for query in {q.metric: q for q in panel.queries}.values():
         found = read_anomalies(store, query.metric, window.start, window.end, settings.anomaly_threshold)
-        wanted = filters_for(query, dashboard, chosen)
-        many = any(c in query.metric for c in "*?[")
-        for row in found.iter_rows(named=True):
-            tags = orjson.loads(row["tags"]) if row["tags"] else {}
-            if any(tags.get(key) not in values for key, values in wanted.items()):
-                continue
-            label = _label(query, {**tags, "metric": row["metric"], **_missing(query, tags)}, many)
+        for key, values in filters_for(query, dashboard, chosen).items():
+            found = found.filter(json_tag(key).is_in(values))
+        for row in found.with_columns(label=line_label(query, json_tag)).iter_rows(named=True):
+            label = row["label"]
             if label not in columns or owners.get(label) is not query:
                 continue
             x = _seconds(floor_to(row["ts"], step_of(query, window)))
@@ -253,10 +252,6 @@ def _anomalies(
             marks.append({"x": x, "y": y, "label": label, "value": row["value"], "score": round(row["score"], 3)})
     marks.sort(key=lambda mark: (mark["x"], mark["label"]))
     return marks, column
-
-
-def _missing(query: Query, tags: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: None for key in query.group_by if key not in tags}
 
 
 def _forecast(
@@ -273,12 +268,10 @@ def _forecast(
         frame = frame.filter(
             (pl.col("ts") >= window.end - timedelta(seconds=window.step)) & (pl.col("ts") <= horizon_end)
         )
-        many = any(c in query.metric for c in "*?[")
         by_label: dict[str, pl.DataFrame] = {}
-        for _, part in frame.group_by(["series_id"], maintain_order=True):
-            tags = orjson.loads(part.item(0, "tags")) if part.item(0, "tags") else {}
-            label = _label(query, {**tags, "metric": part.item(0, "metric"), **_missing(query, tags)}, many)
-            by_label.setdefault(label, part)
+        labelled = frame.with_columns(label=line_label(query, json_tag))
+        for _, part in labelled.group_by(["series_id"], maintain_order=True):
+            by_label.setdefault(part.item(0, "label"), part)
         for label in shown:
             found = by_label.get(label)
             if found is None or owners.get(label) is not query:
@@ -339,8 +332,6 @@ ALERT_EVENT_SQL = {
 
 
 def _alert_event_sql(source: str, window: Window) -> str:
-    from storage.aggregate import sql_literal
-
     return ALERT_EVENT_SQL[source].format(
         us=window.step * US, start=sql_literal(window.start), end=sql_literal(window.end)
     )
@@ -373,8 +364,3 @@ def alert_events_series(store: MetricStore, panel: Panel, window: Window) -> dic
         "forecast": None,
         **align(lines, shown),
     }
-
-
-def now_utc() -> datetime:
-    """The current time (UTC)."""
-    return datetime.now(UTC)

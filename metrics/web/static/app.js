@@ -30,14 +30,19 @@ function readState() {
   };
 }
 
-function writeState(state) {
-  const params = new URLSearchParams();
+// A custom range is start (and end); a preset is `range=1h` in the page's URL, `start=1h` for the panel API.
+function setRange(params, state, presetKey) {
   if (state.range === "custom") {
     params.set("start", state.start);
     if (state.end) params.set("end", state.end);
   } else {
-    params.set("range", state.range);
+    params.set(presetKey, state.range);
   }
+}
+
+function writeState(state) {
+  const params = new URLSearchParams();
+  setRange(params, state, "range");
   if (state.refresh) params.set("refresh", String(state.refresh));
   for (const [key, value] of Object.entries(state.filters)) params.set(key, value);
   history.replaceState(null, "", `${location.pathname}?${params}`);
@@ -45,12 +50,7 @@ function writeState(state) {
 
 function panelQuery(state, extra = {}) {
   const params = new URLSearchParams();
-  if (state.range === "custom") {
-    params.set("start", state.start);
-    if (state.end) params.set("end", state.end);
-  } else {
-    params.set("start", state.range);
-  }
+  setRange(params, state, "start");
   for (const [key, value] of Object.entries(state.filters)) params.append("tag", `${key}=${value}`);
   for (const [key, value] of Object.entries(extra)) params.set(key, value);
   return params;
