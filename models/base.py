@@ -105,6 +105,7 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
+    quiet_level: ClassVar[float] = 0.5  # a score this high starts the quiet period
     hold_seconds: float = 43_200.0
     quiet_: QuietPeriod = field(init=False, repr=False)
     latest_ts_: int = field(init=False, repr=False)
@@ -120,7 +121,7 @@ class Detector(ABC):
 
     def reset(self) -> None:
         """Forget everything learned (the state ending in ``_``)."""
-        self.quiet_ = QuietPeriod(hold_seconds=float(self.hold_seconds))
+        self.quiet_ = QuietPeriod(level=self.quiet_level, hold_seconds=float(self.hold_seconds))
         self.latest_ts_ = -(2**62)
         self._reset()
 

@@ -30,6 +30,9 @@ from scipy.special import ndtr
 
 EPSILON = 1e-5
 LOG_EPSILON = float(np.log(EPSILON))
+# The default anomaly threshold: a detector whose surprise wanders near the candidate level (0.5) starts its
+# quiet period only here, so a weak candidate cannot mute a real incident that follows it.
+DETECTION_LEVEL = 0.7
 
 
 @dataclass

@@ -32,14 +32,11 @@ import polars as pl
 
 from metrics.errors import ValidationError
 from models.base import US_PER_SECOND
-from models.calibration import AnomalyLikelihood, QuietPeriod
+from models.calibration import DETECTION_LEVEL, AnomalyLikelihood, QuietPeriod
 from models.iforest import Forest
 from models.zscore import MAD_TO_SIGMA
 
 NO_CULPRIT = -1
-# Only an anomaly (the default threshold) starts a quiet period: a joint forest's surprise wanders near
-# the daily extremes, and such a weak candidate must not mute a real incident that follows it.
-QUIET_LEVEL = 0.7
 LIKELIHOOD_WARMUP = 500  # rows judged by a forest before any score above 0
 MIN_AXIS_SHARE = 1e-4  # a principal axis with less variance than this share of the largest is scaled as if it had it
 
@@ -124,7 +121,7 @@ class JointForest:
         self.latest_ts_ = -(2**62)
         # The calibration learns for a while after the first forest: a daily rhythm in its surprise needs days.
         self.likelihood_ = AnomalyLikelihood(min_history=LIKELIHOOD_WARMUP)
-        self.quiet_ = QuietPeriod(level=QUIET_LEVEL, hold_seconds=float(self.hold_seconds))
+        self.quiet_ = QuietPeriod(level=DETECTION_LEVEL, hold_seconds=float(self.hold_seconds))
 
     def params(self) -> dict[str, Any]:
         """The declared parameters and their values (not the learned state)."""

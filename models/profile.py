@@ -12,7 +12,9 @@ units already, its Gaussian tail probability is the score, on the other
 detectors' scale (a tail of 1e-5 scores 1). Until a slot has ``min_weeks``
 values the same hour of the day stands in (every day's 10:00),
 and before that the detector is silent. Every row of an hour gets the hour's
-score so far: an hour becoming unusual is seen within it.
+score so far: an hour becoming unusual is seen within it. Only a detection
+(0.7) starts the quiet period: a count's noise puts a few hours a month near
+the candidate level, and one of them must not mute a key's real surge hours later.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from models.base import US_PER_SECOND, Detector, Series
-from models.calibration import LOG_EPSILON
+from models.calibration import DETECTION_LEVEL, LOG_EPSILON
 from models.zscore import MAD_TO_SIGMA
 
 HOUR_US = 3600 * US_PER_SECOND
@@ -42,6 +44,7 @@ class HourOfWeekProfile(Detector):
     """
 
     name: ClassVar[str] = "profile"
+    quiet_level: ClassVar[float] = DETECTION_LEVEL
     weeks: int = 4
     min_weeks: int = 2
     slots_: dict[int, list[float]] = field(init=False, repr=False)

@@ -35,6 +35,19 @@ def test_a_burst_at_an_unusual_hour_stands_out_and_a_busy_morning_does_not() -> 
     assert clean.max() < 0.9  # three ordinary weeks raise no alarm
 
 
+def test_a_weak_candidate_does_not_mute_a_surge_hours_later() -> None:
+    ts, counts = working_week()
+    night = (2 * 7 + 2) * 288 + 2 * 12  # week 3, Wednesday 02:00
+    counts[night + 11] += 17  # a slightly busy hour (41 calls, 24 usual): a candidate, not an anomaly
+    counts[night + 5 * 12 : night + 5 * 12 + 6] += 40  # a real surge three hours later, 07:00
+    detector = make_detector("profile")
+    calibrated = make_detector("profile").calibrated((ts, counts))
+    scores = detector.score((ts, counts))
+    assert 0.5 <= calibrated[night : night + 12].max() < 0.7
+    assert scores[night + 5 * 12 : night + 5 * 12 + 6].max() == pytest.approx(1.0)
+    assert scores[night + 5 * 12 + 6 : night + 12 * 12].max() == 0.0  # then quiet, one detection per incident
+
+
 def test_the_profile_streams() -> None:
     ts, counts = working_week(weeks=2)
     whole = make_detector("profile").calibrated((ts, counts))
