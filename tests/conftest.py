@@ -55,6 +55,12 @@ SPEC_SYSTEM_METRICS = {
 
 
 @pytest.fixture
+def noon() -> datetime:
+    """Yesterday 12:00 UTC: frames ending here stay inside one day whatever the time of the run."""
+    return (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+
+
+@pytest.fixture
 def now() -> datetime:
     """A fixed 'now' aligned to the minute, a little in the past so data is never in the future."""
     moment = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)

@@ -73,10 +73,10 @@ def test_without_adaptive_sampling_every_reading_is_stored(
 
 
 def test_compact_lake_merges_files_and_reports_bytes(
-    flow_settings: Settings, run_flow: RunFlow, make_frame: FrameFactory
+    flow_settings: Settings, run_flow: RunFlow, make_frame: FrameFactory, noon: datetime
 ) -> None:
-    for seed in range(3):
-        ingest(flow_settings, make_frame(hosts=2, points=30, seed=seed, end=datetime.now(UTC) - timedelta(hours=seed)))
+    for seed in range(3):  # three files of one day (frames ending at real now could straddle midnight)
+        ingest(flow_settings, make_frame(hosts=2, points=30, seed=seed, end=noon - timedelta(hours=seed)))
     totals, artifacts = run_flow(compact_lake)
     assert totals["partitions"] >= 1
     assert totals["rows"] == 3 * 2 * 2 * 30
@@ -92,18 +92,22 @@ def test_compact_lake_merges_files_and_reports_bytes(
 
 
 def test_retention_cleanup_drops_only_expired_days(
-    flow_settings: Settings, run_flow: RunFlow, make_frame: FrameFactory, monkeypatch: pytest.MonkeyPatch
+    flow_settings: Settings,
+    run_flow: RunFlow,
+    make_frame: FrameFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    noon: datetime,
 ) -> None:
     now = datetime.now(UTC)
     ingest(flow_settings, make_frame(points=10, end=now))
-    ingest(flow_settings, make_frame(points=10, end=now - timedelta(days=3)))
+    ingest(flow_settings, make_frame(points=10, end=noon - timedelta(days=2)))  # all on the day 3 days back
     monkeypatch.setenv("METRICS_RETENTION_DAYS", "2")
     preview, _ = run_flow(retention_cleanup, dry_run=True)
     assert preview["partitions"]
     assert preview["bytes_freed"] == 0
     result, artifacts = run_flow(retention_cleanup)
     assert result["partitions"] == preview["partitions"]
-    assert all(str((now - timedelta(days=3)).date()) in p for p in result["partitions"])
+    assert all(str((noon - timedelta(days=2)).date()) in p for p in result["partitions"])
     assert result["bytes_freed"] > 0
     assert artifacts[0].key == "retention-cleanup"
     assert dashboard_links(artifacts[0]) == {"performance": {}}

@@ -234,7 +234,8 @@ def test_sql_latest_and_concurrent_collects(data_dir: Path) -> None:
 
 
 def test_naive_datetimes_are_local_time(data_dir: Path, new_york: ZoneInfo) -> None:
-    naive = (datetime.now() - timedelta(minutes=30)).replace(microsecond=0)  # New York wall clock
+    # A time New York's clocks showed (30 minutes ago could fall in the hour skipped in spring)
+    naive = (datetime.now(UTC) - timedelta(minutes=30)).astimezone(new_york).replace(tzinfo=None, microsecond=0)
     expected = naive.replace(tzinfo=new_york).astimezone(UTC)
     assert expected != naive.replace(tzinfo=UTC)
     utc_text = (datetime.now(UTC) - timedelta(minutes=3)).replace(microsecond=0)

@@ -45,12 +45,6 @@ FrameFactory = Any
 SAMPLE_COLUMNS = ["metric", "series_id", "ts", "value", "type", "tags"]
 
 
-@pytest.fixture
-def noon() -> datetime:
-    """Yesterday 12:00 UTC: frames ending here stay inside one day whatever the time of the run."""
-    return (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
-
-
 def read_day(lake: Lake, day: date, table: str = "samples") -> pl.DataFrame:
     files = [str(f.path) for f in lake.files(table, day, day)]
     return decode_values(pl.read_parquet(files))

@@ -37,12 +37,6 @@ from storage.writer import Writer, parse_sample_file_name, sample_file_name
 FrameFactory = Any
 
 
-@pytest.fixture
-def noon() -> datetime:
-    """Yesterday 12:00 UTC: frames ending here stay inside one day whatever the time of the run."""
-    return (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
-
-
 def validated(frame: pl.DataFrame) -> SampleBatch:
     batch = prepare_frame(frame, now=datetime.now(UTC), retention_days=90)
     assert batch.rejected == []

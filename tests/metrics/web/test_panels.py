@@ -169,6 +169,7 @@ def test_counters_drop_the_filling_bucket_and_events_fill_gaps_with_zero(
 def test_a_30_day_view_reads_the_hourly_rollups_and_agrees_with_raw(
     store: MetricStore, settings: Settings, now: datetime
 ) -> None:
+    now -= timedelta(minutes=(now.minute - 30) % 60)  # half past: raw samples after the last full hour
     start = now - timedelta(days=29)
     stamps = pl.datetime_range(start, now, timedelta(minutes=5), eager=True, time_zone="UTC")
     frame = pl.DataFrame({"ts": stamps.cast(TS)}).with_columns(
