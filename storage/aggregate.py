@@ -1,7 +1,8 @@
 """The SQL of bucketed aggregates: per-series partials from raw samples and rollups, combined per bucket and group.
 
 :class:`~storage.query.QueryEngine` runs this SQL over the exact files a query
-needs (:class:`FileSources`). The same builder, given :class:`ViewSources`,
+needs (:class:`FileSources`), with the parts over closed time read through its
+cache (:mod:`storage.cache`). The same builder, given :class:`ViewSources`,
 writes the query over the lake's views instead (``samples``, ``rollups_1m``,
 ``series``…), with its parameters inlined: text a person can paste into
 ``metrics sql`` or ``duckdb data/metrics.duckdb`` and get the same rows (the
@@ -10,13 +11,15 @@ dashboards' "show query").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
+
 from storage.lake import Lake, LakeFile
-from storage.rollups import ROLLUP_SQL, covered_days
+from storage.rollups import ROLLUP_SQL, covered_by
 from storage.views import file_list, samples_source, sql_string
 
 AGGREGATIONS = ("avg", "min", "max", "sum", "count", "last", "rate", "increase", "p50", "p95", "p99")
@@ -81,10 +84,6 @@ class TimeRange:
         """The UTC day of the last microsecond in range."""
         return (self.end - timedelta(microseconds=1)).date()
 
-    def days_in(self, lake: Lake, table: str = "samples") -> list[date]:
-        """Days of ``table`` that exist and overlap the range (never every calendar day of a long range)."""
-        return [d for d in lake.partitions(table) if self.first_day <= d <= self.last_day]
-
 
 def floor_to(moment: datetime, seconds: int) -> datetime:
     """``moment`` rounded down to a multiple of ``seconds`` since the Unix epoch."""
@@ -100,10 +99,30 @@ def micros_of(moment: datetime) -> int:
 
 
 class FileSources:
-    """Reads the exact files listed: what the engine runs."""
+    """Reads the exact files listed: what the engine runs.
 
-    def __init__(self, catalog: str | None) -> None:
+    Args:
+        catalog: the series catalog relation.
+        closed: reads a part over closed time as a table, from the cache when it can (None: parts stay SQL).
+    """
+
+    def __init__(self, catalog: str | None, closed: Callable[[str, list[Any]], pa.Table] | None = None) -> None:
         self.catalog = catalog or EMPTY_CATALOG
+        self._closed = closed
+        self.tables: dict[str, pa.Table] = {}  # to register for the query: the parts read through the cache
+
+    @property
+    def caching(self) -> bool:
+        """Whether :meth:`closed_part` reads parts through the cache."""
+        return self._closed is not None
+
+    def closed_part(self, text: str, params: list[Any]) -> tuple[str, list[Any]]:
+        """A part of a query over closed time: a registered table read through the cache, else ``text`` itself."""
+        if self._closed is None:
+            return text, params
+        name = f"_closed_part_{len(self.tables)}"
+        self.tables[name] = self._closed(text, params)
+        return f"SELECT * FROM {name}", []
 
     def samples(self, files: Sequence[LakeFile]) -> str:
         """A subquery of decoded samples from ``files``."""
@@ -126,7 +145,7 @@ class ViewSources(FileSources):
     """Reads the lake's views, limited to the same days: what a person can paste into ``metrics sql``."""
 
     def __init__(self, tag_items: list[tuple[str, list[str]]]) -> None:
-        super().__init__("series")
+        super().__init__("series")  # no cache: the SQL shown reads the views
         self.tag_items = tag_items
 
     @staticmethod
@@ -187,15 +206,15 @@ def partials_sql(
     """SQL of per-series partial aggregates from rollups (covered days) and raw samples (the rest)."""
     width = rollup_width(step, agg, rng, use_rollups)
     table = "rollups_1h" if width == 3600 else "rollups_1m"
-    days = rng.days_in(lake)
-    covered = covered_days(lake, table, days) if width else set()
+    sample_files = lake.files("samples", rng.first_day, rng.last_day)
+    rollups = lake.files(table, rng.first_day, rng.last_day) if width and sample_files else []
+    covered = covered_by(sample_files, rollups)
     grain = width or step
     tail_start = floor_to(rng.end, width) if width else rng.end
     columns = _NEEDS[agg]
     parts: list[str] = []
     all_params: list[Any] = []
 
-    sample_files = lake.files("samples", rng.first_day, rng.last_day) if days else []
     raw_files = [f for f in sample_files if f.day not in covered]
     if covered and tail_start < rng.end and tail_start.date() in covered:
         tail_files = [f for f in sample_files if f.day == tail_start.date()]
@@ -206,14 +225,16 @@ def partials_sql(
             continue
         parts.append(_raw_partial(sources.samples(files), grain, where, columns))
         all_params += [*params, lo, rng.end]
-    rollup_files = [f for f in lake.files(table, min(covered), max(covered)) if f.day in covered] if covered else []
+    rollup_files = [f for f in rollups if f.day in covered]
     if rollup_files and rng.start < tail_start:
         selected = ", ".join(f"{sources.rollup_column(_PARTIALS[c][1])} AS {c}" for c in columns)
-        parts.append(
+        part, part_params = sources.closed_part(
             f"SELECT series_id, epoch_us(ts) AS b, {selected} FROM {sources.rollups(rollup_files)} "
-            f"WHERE {where} AND ts >= ? AND ts < ?"
+            f"WHERE {where} AND ts >= ? AND ts < ?",
+            [*params, rng.start, tail_start],
         )
-        all_params += [*params, rng.start, tail_start]
+        parts.append(part)
+        all_params += part_params
     if not parts:
         return None
     return " UNION ALL ".join(f"({p})" for p in parts), all_params
@@ -281,27 +302,36 @@ def percentile_sql(
         return None, params
     q = PERCENTILES[agg]
     bucket = f"(epoch_us(ts) // {step * US}) * {step * US}"
-    raw = (
-        f"SELECT metric, series_id, {bucket} AS bucket, value FROM {sources.samples(files)} "
-        f"WHERE {where} AND ts >= ? AND ts < ?"
-    )
-    all_params = [*params, rng.start, rng.end]
-    ts = "make_timestamp(bucket)::TIMESTAMPTZ"
     if group_keys is None:
-        text = (
-            f"SELECT {ts} AS ts, r.metric, r.series_id, any_value(c.tags) AS tags, "
-            f"quantile_cont(value, {q}) AS value "
-            f"FROM ({raw}) r LEFT JOIN {sources.catalog} c USING (series_id) "
-            "GROUP BY bucket, r.metric, r.series_id ORDER BY r.metric, tags, ts"
-        )
+        select, keys, order = "r.metric, r.series_id, any_value(c.tags) AS tags", "r.metric, r.series_id", "tags"
     else:
         select_keys, group_cols = group_columns(group_keys)
-        text = (
-            f"SELECT {ts} AS ts, r.metric{select_keys}, quantile_cont(value, {q}) AS value "
-            f"FROM ({raw}) r LEFT JOIN {sources.catalog} c USING (series_id) "
-            f"GROUP BY bucket, r.metric{group_cols} ORDER BY r.metric{group_cols}, ts"
+        select, keys, order = f"r.metric{select_keys}", f"r.metric{group_cols}", group_cols.lstrip(", ")
+
+    def part(chosen: Sequence[LakeFile], lo: datetime, hi: datetime) -> tuple[str, list[Any]]:
+        raw = (
+            f"SELECT metric, series_id, {bucket} AS bucket, value FROM {sources.samples(chosen)} "
+            f"WHERE {where} AND ts >= ? AND ts < ?"
         )
-    return text, all_params
+        return (
+            f"SELECT bucket, {select}, quantile_cont(value, {q}) AS value "
+            f"FROM ({raw}) r LEFT JOIN {sources.catalog} c USING (series_id) GROUP BY bucket, {keys}"
+        ), [*params, lo, hi]
+
+    # Buckets before today's are read once into the cache (their files change only by a new file name).
+    cut = floor_to(datetime.combine(rng.last_day, datetime.min.time(), UTC), step)
+    if sources.caching and rng.start < cut:
+        closed = part([f for f in files if f.day <= (cut - timedelta(microseconds=1)).date()], rng.start, cut)
+        parts = [sources.closed_part(*closed)]
+        fresh = [f for f in files if f.day >= cut.date()]
+        if fresh and cut < rng.end:
+            parts.append(part(fresh, cut, rng.end))
+    else:
+        parts = [part(files, rng.start, rng.end)]
+    union = " UNION ALL ".join(f"({text})" for text, _ in parts)
+    ordered = ", ".join(key for key in ("metric", order, "ts") if key)
+    text = f"SELECT make_timestamp(bucket)::TIMESTAMPTZ AS ts, * EXCLUDE (bucket) FROM ({union}) ORDER BY {ordered}"
+    return text, [value for _, part_params in parts for value in part_params]
 
 
 def _raw_partial(source: str, grain: int, where: str, columns: tuple[str, ...]) -> str:

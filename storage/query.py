@@ -44,6 +44,7 @@ from storage.aggregate import (
     percentile_sql,
     tag_path,
 )
+from storage.cache import RollupCache
 from storage.lake import SERIES_TABLE, TABLES, Lake
 from storage.series import read_catalog
 from storage.views import (
@@ -149,8 +150,11 @@ def resolve_range(
 class QueryEngine:
     """One DuckDB engine over a lake; thread-safe (each call uses its own cursor)."""
 
-    def __init__(self, lake: Lake, *, database_file: Path | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, lake: Lake, *, database_file: Path | None = None, threads: int | None = None, cache_rows: int = 0
+    ) -> None:
         self.lake = lake
+        self.rollup_cache = RollupCache(cache_rows)
         self.database_file = database_file
         self._con = connect(threads=threads)  # structured queries and the engine's own tables
         self._sql_con = connect(threads=threads, sandbox=lake.root)  # ad-hoc SQL: only the views, only the lake
@@ -195,6 +199,20 @@ class QueryEngine:
             cursor.close()
             self.last_query_seconds = time.perf_counter() - started
         return frame
+
+    def _closed_part(self, text: str, params: list[Any]) -> pa.Table:
+        """A query part over closed time, from the rollup cache or read now (then kept)."""
+        return self.rollup_cache.table(text, params, self._arrow)
+
+    def _arrow(self, text: str, params: list[Any]) -> pa.Table:
+        """The rows of a query as an Arrow table."""
+        cursor = self._con.cursor()
+        try:
+            return cursor.sql(text, params=params).to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).split("\n")[0]) from None
+        finally:
+            cursor.close()
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -424,8 +442,8 @@ class QueryEngine:
             planned = self._plan_aggregated(pattern, aggregation, interval, start, end, group_by, tags, use_rollups)
             if planned is None:
                 return _empty_aggregate(_group_keys(group_by))
-            text, params, group_keys = planned
-            result = self._run(text, params)
+            text, params, group_keys, tables = planned
+            result = self._run(text, params, tables=tables)
         return result.rename({f"_g{i}": key for i, key in enumerate(group_keys or [])})
 
     def aggregated_sql(
@@ -452,7 +470,7 @@ class QueryEngine:
             )
         if planned is None:
             return None
-        text, params, group_keys = planned
+        text, params, group_keys, _ = planned
         if group_keys:
             renames = ", ".join(f"_g{i} AS {key}" for i, key in enumerate(group_keys))
             text = f"SELECT * RENAME ({renames}) FROM ({text})"
@@ -470,8 +488,11 @@ class QueryEngine:
         use_rollups: bool | None,
         *,
         portable: bool = False,
-    ) -> tuple[str, list[Any], list[str] | None] | None:
-        """(SQL, parameters, group keys) of an aggregated query, or None when nothing is in range (hold the lock)."""
+    ) -> tuple[str, list[Any], list[str] | None, dict[str, pa.Table]] | None:
+        """(SQL, parameters, group keys, tables to register) of an aggregated query, or None when nothing is in range.
+
+        Hold the read lock: the rollup part may be read here (into the cache).
+        """
         agg = aggregation.lower() if isinstance(aggregation, str) else ""
         if agg not in AGGREGATIONS:
             raise QueryError(f"aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
@@ -483,19 +504,23 @@ class QueryEngine:
         ids = self._series_ids(flt)
         if ids == []:
             return None
-        sources = ViewSources(flt.tag_items()) if portable else FileSources(self._series_source())
+        sources = (
+            ViewSources(flt.tag_items())
+            if portable
+            else FileSources(self._series_source(), self._closed_part if self.rollup_cache.max_rows else None)
+        )
         where, params = flt.metric_sql()
         if ids is not None:
             extra, extra_params = sources.series_filter(where, params, ids)
             where, params = where + extra, params + extra_params
         if agg in PERCENTILES:
             text, params = percentile_sql(self.lake, sources, rng, step, where, params, agg, group_keys)
-            return None if text is None else (text, params, group_keys)
+            return None if text is None else (text, params, group_keys, sources.tables)
         partials = partials_sql(self.lake, sources, rng, step, where, params, agg, use_rollups)
         if partials is None:
             return None
         text, params = combine_sql(sources, partials[0], partials[1], step, agg, group_keys)
-        return text, params, group_keys
+        return text, params, group_keys, sources.tables
 
     # -- ad-hoc SQL and views ------------------------------------------------------
     def sql(self, text: str, params: Sequence[Any] | None = None) -> pl.DataFrame:

@@ -9,13 +9,14 @@ the previous ``last``, so rollups of any width combine exactly with raw samples.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 
 import polars as pl
 import pyarrow as pa
 
 from storage.encoding import decoded_sql, encode_decimal_columns
-from storage.lake import COMPACTED_PREFIX, Lake
+from storage.lake import COMPACTED_PREFIX, Lake, LakeFile
 
 ROLLUP_TABLES = {"rollups_1m": 60, "rollups_1h": 3600}
 
@@ -119,16 +120,18 @@ def covered_days(lake: Lake, table: str, days: list[date]) -> set[date]:
     if not days:
         return set()
     first, last = min(days), max(days)
+    return set(days) & covered_by(lake.files("samples", first, last), lake.files(table, first, last))
+
+
+def covered_by(sample_files: Iterable[LakeFile], rollup_files: Iterable[LakeFile]) -> set[date]:
+    """The days of ``sample_files`` whose files are all compacted and exactly matched by ``rollup_files``."""
     samples: dict[date, set[str]] = {}
     rollups: dict[date, set[str]] = {}
-    for by_day, found in ((samples, lake.files("samples", first, last)), (rollups, lake.files(table, first, last))):
+    for by_day, found in ((samples, sample_files), (rollups, rollup_files)):
         for item in found:
             by_day.setdefault(item.day, set()).add(item.name)
-    covered: set[date] = set()
-    for day in days:
-        names = samples.get(day)
-        if not names or not all(name.startswith(COMPACTED_PREFIX) for name in names):
-            continue
-        if rollups.get(day) == names:
-            covered.add(day)
-    return covered
+    return {
+        day
+        for day, names in samples.items()
+        if all(name.startswith(COMPACTED_PREFIX) for name in names) and rollups.get(day) == names
+    }

@@ -184,6 +184,19 @@ class Telemetry:
             buckets=FLUSH_BUCKETS,
             registry=target,
         )
+        self.cache_hits = Counter(
+            "metrics_query_cache_hits", "Long-range query parts answered from the rollup cache", registry=target
+        )
+        self.cache_misses = Counter(
+            "metrics_query_cache_misses", "Long-range query parts read from Parquet (then kept)", registry=target
+        )
+        self.cache_rows = Gauge(
+            "metrics_query_cache_rows",
+            "Rows kept in the rollup cache (summed over live workers)",
+            registry=target,
+            multiprocess_mode="livesum",
+        )
+        self._cache_seen = (0, 0)
         self.writer_totals = {
             name: Counter(
                 f"metrics_writer_{name}", f"Parquet {name.split('_')[0]} written by the writer", registry=target
@@ -261,9 +274,22 @@ class Telemetry:
         self.buffered_rows.set(writer.buffered_rows)
         self.last_flush.set(writer.stats.last_flush_seconds)
 
+    def sample_cache(self) -> None:
+        """Bring the query-cache series up to the store's cache (its counts since the store opened)."""
+        store = self.store
+        if store is None:
+            return
+        stats = store.engine.rollup_cache.stats()
+        hits, misses = self._cache_seen
+        self.cache_hits.inc(max(0, stats.hits - hits))
+        self.cache_misses.inc(max(0, stats.misses - misses))
+        self._cache_seen = (stats.hits, stats.misses)
+        self.cache_rows.set(stats.rows)
+
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the scraper asked for (OpenMetrics or text), and its content type."""
         self.sample_writer()
+        self.sample_cache()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 

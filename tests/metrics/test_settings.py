@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "retention_days": 90,
     "archive": False,
     "max_future_seconds": 600,
+    "query_cache_rows": 2_000_000,
     "api_host": "127.0.0.1",
     "api_port": 8080,
     "prefect_port": 4200,
@@ -106,6 +107,7 @@ def test_defaults_from_the_process_environment(clean_env: pytest.MonkeyPatch) ->
         ("METRICS_ARCHIVE", " False ", "archive", False),
         ("METRICS_ARCHIVE", "0", "archive", False),
         ("METRICS_MAX_FUTURE_SECONDS", "0", "max_future_seconds", 0),
+        ("METRICS_QUERY_CACHE_ROWS", "0", "query_cache_rows", 0),
         ("METRICS_API_HOST", "0.0.0.0", "api_host", "0.0.0.0"),
         ("METRICS_API_PORT", "1", "api_port", 1),
         ("METRICS_API_PORT", "65535", "api_port", 65535),
@@ -159,6 +161,7 @@ def test_db_path_overrides_the_database_file() -> None:
         ("METRICS_FLUSH_SECONDS", "soon", "> 0"),
         ("METRICS_FLUSH_SECONDS", "nan", "> 0"),
         ("METRICS_MAX_FUTURE_SECONDS", "-1", ">= 0"),
+        ("METRICS_QUERY_CACHE_ROWS", "-5", "between 0 and 1000000000"),
         ("METRICS_ANOMALY_DETECTOR", "magic", "zscore, seasonal, changepoint, iforest, ensemble, profile"),
     ],
 )

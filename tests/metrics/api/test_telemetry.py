@@ -21,6 +21,7 @@ from metrics.api.telemetry import OTHER_REASON, REASON_CATEGORIES, UNMATCHED, re
 from metrics.errors import ConfigError, StorageError
 from metrics.settings import Settings
 from storage.store import MetricStore
+from tests.storage.test_cache import days_of_samples
 
 FAMILIES = {
     "metrics_http_requests",
@@ -36,6 +37,9 @@ FAMILIES = {
     "metrics_writer_rows_written",
     "metrics_writer_bytes_written",
     "metrics_writer_files_written",
+    "metrics_query_cache_hits",
+    "metrics_query_cache_misses",
+    "metrics_query_cache_rows",
     "process_cpu_seconds",
 }
 
@@ -132,6 +136,21 @@ def test_wal_size_and_buffered_rows_until_a_flush(client: TestClient) -> None:
         value(flushed, "metrics_writer_flush_seconds_count")
         == value(buffered, "metrics_writer_flush_seconds_count") + 1
     )
+
+
+def test_the_query_cache_series_follow_the_cache(client: TestClient) -> None:
+    store: MetricStore = client.app.state.store  # type: ignore[attr-defined]
+    end = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+    store.ingest_frame(days_of_samples(end))
+    store.flush()
+    store.compact(validate=False)
+    for _ in range(3):  # a 30-day chart, refreshed twice
+        assert store.query_aggregated("cpu.usage", "avg", "3h", end - timedelta(days=30), end).height > 0
+    samples = scrape(client)
+    assert value(samples, "metrics_query_cache_misses_total") == 1
+    assert value(samples, "metrics_query_cache_hits_total") == 2
+    assert value(samples, "metrics_query_cache_rows") > 0
+    assert value(scrape(client), "metrics_query_cache_hits_total") == 2  # a scrape adds only what is new
 
 
 def test_openmetrics_when_the_scraper_asks(client: TestClient) -> None:

@@ -1,0 +1,163 @@
+"""The rollup cache: kept parts give the same rows as reading the files, and new files are never answered stale."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from polars.testing import assert_frame_equal
+
+from metrics.settings import Settings
+from storage.cache import MAX_ENTRIES, RollupCache
+from storage.store import MetricStore
+
+TS = pl.Datetime("us", "UTC")
+# The aggregations whose long-range parts are cached: from the hourly rollups, and percentiles of closed days.
+CACHED = ["avg", "max", "rate", "p95"]
+
+
+def rows(count: int) -> pa.Table:
+    return pa.table({"x": list(range(count))})
+
+
+def counting(tables: dict[str, pa.Table]) -> tuple[list[str], object]:
+    calls: list[str] = []
+
+    def run(text: str, params: list[object]) -> pa.Table:
+        calls.append(text)
+        return tables[text]
+
+    return calls, run
+
+
+def test_a_part_is_read_once_then_kept() -> None:
+    cache = RollupCache(100)
+    calls, run = counting({"a": rows(3), "b": rows(0)})
+    assert cache.table("a", [1], run).num_rows == 3  # type: ignore[arg-type]
+    assert cache.table("a", [1], run).num_rows == 3  # type: ignore[arg-type]
+    assert cache.table("a", [2], run).num_rows == 3  # other parameters: another part  # type: ignore[arg-type]
+    cache.table("b", [], run)  # type: ignore[arg-type]
+    cache.table("b", [], run)  # type: ignore[arg-type]  # an empty part is kept too
+    assert calls == ["a", "a", "b"]
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.entries, stats.rows) == (2, 3, 3, 6)
+    cache.clear()
+    assert cache.stats().entries == 0
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "sizes", "kept"),
+    [
+        (10, [4, 4, 4], ["p1", "p2"]),  # the least recently used goes when the rows pass the bound
+        (10, [11], []),  # larger than the bound: read, not kept
+        (0, [1, 1], []),  # 0 keeps nothing
+        (10, [5, 5], ["p0", "p1"]),  # exactly at the bound
+    ],
+)
+def test_rows_are_bounded_least_recently_used_first(max_rows: int, sizes: list[int], kept: list[str]) -> None:
+    cache = RollupCache(max_rows)
+    tables = {f"p{i}": rows(size) for i, size in enumerate(sizes)}
+    calls, run = counting(tables)
+    for name in tables:
+        cache.table(name, [], run)  # type: ignore[arg-type]
+    calls.clear()
+    for name in kept:
+        cache.table(name, [], run)  # type: ignore[arg-type]
+    assert calls == []
+    assert cache.stats().entries == len(kept)
+    assert cache.stats().rows <= max_rows
+
+
+def test_a_hit_makes_a_part_the_most_recent_and_entries_are_bounded() -> None:
+    cache = RollupCache(10)
+    calls, run = counting({"a": rows(4), "b": rows(4), "c": rows(4)})
+    cache.table("a", [], run)  # type: ignore[arg-type]
+    cache.table("b", [], run)  # type: ignore[arg-type]
+    cache.table("a", [], run)  # type: ignore[arg-type]
+    cache.table("c", [], run)  # type: ignore[arg-type]  # evicts b, the least recently used
+    calls.clear()
+    cache.table("a", [], run)  # type: ignore[arg-type]
+    cache.table("b", [], run)  # type: ignore[arg-type]
+    assert calls == ["b"]
+    many = RollupCache(10)
+    _, empty = counting({f"e{i}": rows(0) for i in range(MAX_ENTRIES + 5)})
+    for i in range(MAX_ENTRIES + 5):
+        many.table(f"e{i}", [], empty)  # type: ignore[arg-type]
+    assert many.stats().entries == MAX_ENTRIES
+    with pytest.raises(ValueError, match="max_rows"):
+        RollupCache(-1)
+
+
+def days_of_samples(end: datetime, days: int = 4, seed: int = 0) -> pl.DataFrame:
+    """Every 5 minutes for ``days`` days up to ``end``: a gauge on two hosts and a counter."""
+    stamps = pl.datetime_range(end - timedelta(days=days), end, timedelta(minutes=5), eager=True, time_zone="UTC")
+    count = stamps.len()
+    rng = np.random.default_rng(seed)
+    parts = [
+        pl.DataFrame(
+            {
+                "ts": stamps.cast(TS),
+                "metric": metric,
+                "value": values,
+                "type": kind,
+                "host": host,
+            }
+        )
+        for metric, kind, host, values in (
+            ("cpu.usage", "gauge", "h1", rng.uniform(0, 100, count)),
+            ("cpu.usage", "gauge", "h2", rng.uniform(0, 100, count)),
+            ("net.bytes", "counter", "h1", np.cumsum(rng.integers(0, 50, count)).astype(float)),
+        )
+    ]
+    return pl.concat(parts)
+
+
+def answers(store: MetricStore, start: datetime, end: datetime) -> dict[tuple[str, str], pl.DataFrame]:
+    """Each cached aggregation over 3-hour buckets, per series and per host."""
+    found = {}
+    for agg in CACHED:
+        metric = "net.bytes" if agg == "rate" else "cpu.usage"
+        for label, group_by in (("series", None), ("host", ["host"])):
+            found[(agg, label)] = store.query_aggregated(metric, agg, "3h", start, end, group_by)
+    return found
+
+
+def assert_answers_equal(left: dict[tuple[str, str], pl.DataFrame], right: dict[tuple[str, str], pl.DataFrame]) -> None:
+    for key, frame in left.items():
+        assert frame.height > 0, key
+        assert_frame_equal(frame, right[key], check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
+
+
+def test_cached_parts_give_the_rows_of_the_files_and_new_files_are_read(settings: Settings, noon: datetime) -> None:
+    uncached_settings = replace(settings, query_cache_rows=0)
+    end, start = noon, noon - timedelta(days=30)
+    with MetricStore(settings).open(background_flush=False) as store:
+        store.ingest_frame(days_of_samples(end))
+        store.flush()
+        store.compact(validate=False)
+        with MetricStore(uncached_settings, read_only=True).open(background_flush=False) as plain:
+            expected = answers(plain, start, end)
+        assert_answers_equal(answers(store, start, end), expected)  # read, then kept
+        first = store.engine.rollup_cache.stats()
+        assert first.misses >= len(CACHED)  # per series and per host share the rollup part, not percentiles
+        assert_answers_equal(answers(store, start, end), expected)  # kept
+        second = store.engine.rollup_cache.stats()
+        assert (second.misses, second.hits - first.hits) == (first.misses, len(expected))
+
+        # A late sample for a closed day: a new file, so the parts over that day are read again.
+        late = pl.DataFrame(
+            {"ts": [end - timedelta(days=2, minutes=2)], "metric": ["cpu.usage"], "value": [1e6], "type": ["gauge"]},
+            schema_overrides={"ts": TS},
+        ).with_columns(host=pl.lit("h1"))
+        store.ingest_frame(late)
+        store.flush()
+        with MetricStore(uncached_settings, read_only=True).open(background_flush=False) as plain:
+            after_late = answers(plain, start, end)
+        assert after_late[("max", "host")].get_column("value").max() == 1e6
+        assert_answers_equal(answers(store, start, end), after_late)
+        store.compact(validate=False)  # new compacted generations: new rollup files
+        assert_answers_equal(answers(store, start, end), after_late)
