@@ -1,10 +1,12 @@
 """``metrics bench dashboards``: time to first render of each dashboard in headless Chromium, on a 10 M-sample lake.
 
 The lake holds the demo's mix (system, latency and counter series, one sample a
-minute for about a month), compacted so that rollups exist, plus the demo's
-key audit logs. The API runs as ``metrics serve``; Chromium (Debian's
-``/usr/bin/chromium``, driven by Playwright) logs in once, then loads each
-dashboard ``loads`` times per range. The time is the page's own
+minute for about a month), compacted as the hourly compaction leaves it (the
+last half hour still in raw files), plus the demo's key audit logs. The API
+runs as ``metrics serve``; Chromium (Debian's ``/usr/bin/chromium``, driven by
+Playwright) logs in once, then loads each dashboard once (``first_load_ms``:
+the closed days read from Parquet) and ``loads`` times more per range (the
+rollup cache has them). The time is the page's own
 ``dashboard-rendered`` performance mark: from the start of navigation until
 every panel has drawn (or said it has no data), HTML, scripts and every panel
 query included. The end-to-end test drives the browser with the same helpers.
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 RENDER_TIMEOUT_MS = 60_000
+RAW_TAIL = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,12 @@ def slowest_panel(base: str, token: str, name: str, span: str) -> dict[str, Any]
 
 
 def build_lake(folder: Path, samples: int, console: Console) -> dict[str, Any]:
-    """A compacted lake of ``samples`` demo-mix samples, one a minute per series ending now, plus key logs."""
+    """A lake of ``samples`` demo-mix samples, one a minute per series ending now, plus key logs.
+
+    Compacted, as the hourly compaction leaves it, except the last :data:`RAW_TAIL`, which is in raw files.
+    """
+    import polars as pl
+
     from metrics.auditgen import write_demo_logs
     from metrics.bench import ingest_mix
     from metrics.settings import Settings
@@ -118,14 +126,19 @@ def build_lake(folder: Path, samples: int, console: Console) -> dict[str, Any]:
     frame = ingest_mix(samples, series=series, end=now, interval_s=60)
     settings = Settings(data_dir=folder, batch_size=1_000_000)
     started = time.perf_counter()
+    # As the hourly compaction leaves a lake: compacted up to a while ago, the last half hour still raw files.
+    recent = pl.col("ts") >= now - RAW_TAIL
     with MetricStore(settings).open(background_flush=False) as store:
         console.log("ingesting and compacting")
-        stored = store.ingest_frame(frame).stored
+        stored = store.ingest_frame(frame.filter(~recent)).stored
         store.flush()
-        store.compact(validate=False)
     logs = write_demo_logs(folder / "demo", now=now, hours=24)
     for source, path in (("cloudtrail", logs.cloudtrail), ("vault", logs.vault)):
         collect_key_events(settings, source, [path])
+    with MetricStore(settings).open(background_flush=False) as store:
+        store.compact(validate=False)
+        stored += store.ingest_frame(frame.filter(recent)).stored
+        store.flush()
     first = frame.get_column("ts").min()
     assert isinstance(first, datetime)
     return {
@@ -167,13 +180,16 @@ def bench_dashboards(
             for name in DASHBOARDS:
                 for span in ranges:
                     url = f"{server.url}/dashboards/{name}?range={span}"
-                    open_dashboard(page, url)  # warm: the first load of a page pays for DuckDB's metadata cache
+                    # The first load reads the closed days from Parquet (and fills the rollup cache); the next
+                    # ones, as a refresh or another person's visit would, find them kept.
+                    first = open_dashboard(page, url)
                     renders = [open_dashboard(page, url, reload=True) for _ in range(loads)]
                     times = [render.ms for render in renders]
                     last = renders[-1].panels
                     figures[f"{name}@{span}"] = {
                         "p50_ms": round(statistics.median(times), 1),
                         "max_ms": max(times),
+                        "first_load_ms": first.ms,
                         "panels": len(last),
                         "panels_with_data": sum(1 for state, _ in last.values() if state == "ready"),
                         "slowest_panel": slowest_panel(server.url, token, name, span),

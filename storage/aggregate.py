@@ -106,6 +106,8 @@ class FileSources:
         closed: reads a part over closed time as a table, from the cache when it can (None: parts stay SQL).
     """
 
+    by_file = True  # a day's compacted file can be read from its rollups while the day's newer files are raw
+
     def __init__(self, catalog: str | None, closed: Callable[[str, list[Any]], pa.Table] | None = None) -> None:
         self.catalog = catalog or EMPTY_CATALOG
         self._closed = closed
@@ -143,6 +145,8 @@ class FileSources:
 
 class ViewSources(FileSources):
     """Reads the lake's views, limited to the same days: what a person can paste into ``metrics sql``."""
+
+    by_file = False  # the views select days, not files: a day is read from rollups only when they cover it
 
     def __init__(self, tag_items: list[tuple[str, list[str]]]) -> None:
         super().__init__("series")  # no cache: the SQL shown reads the views
@@ -203,7 +207,7 @@ def partials_sql(
     agg: str,
     use_rollups: bool | None,
 ) -> tuple[str, list[Any]] | None:
-    """SQL of per-series partial aggregates from rollups (covered days) and raw samples (the rest)."""
+    """SQL of per-series partial aggregates from rollups (covered days and files) and raw samples (the rest)."""
     width = rollup_width(step, agg, rng, use_rollups)
     table = "rollups_1h" if width == 3600 else "rollups_1m"
     sample_files = lake.files("samples", rng.first_day, rng.last_day)
@@ -215,17 +219,21 @@ def partials_sql(
     parts: list[str] = []
     all_params: list[Any] = []
 
-    raw_files = [f for f in sample_files if f.day not in covered]
-    if covered and tail_start < rng.end and tail_start.date() in covered:
-        tail_files = [f for f in sample_files if f.day == tail_start.date()]
-    else:
-        tail_files = []
+    rolled = [f for f in sample_files if f.day in covered]
+    if sources.by_file and "inc" not in columns:
+        # Today's compacted file stands for itself by its rollups while newer raw files arrive: partials of an
+        # hour from two files merge exactly (not a counter's increase: which file's samples came first is unknown).
+        generations = {(f.day, f.name) for f in rollups}
+        rolled = [f for f in sample_files if f.day in covered or (f.compacted and (f.day, f.name) in generations)]
+    rolled_names = {(f.day, f.name) for f in rolled}
+    raw_files = [f for f in sample_files if (f.day, f.name) not in rolled_names]
+    tail_files = [f for f in rolled if f.day == tail_start.date()] if tail_start < rng.end else []
     for files, lo in ((raw_files, rng.start), (tail_files, max(tail_start, rng.start))):
         if not files:
             continue
         parts.append(_raw_partial(sources.samples(files), grain, where, columns))
         all_params += [*params, lo, rng.end]
-    rollup_files = [f for f in rollups if f.day in covered]
+    rollup_files = [f for f in rollups if (f.day, f.name) in rolled_names]
     if rollup_files and rng.start < tail_start:
         selected = ", ".join(f"{sources.rollup_column(_PARTIALS[c][1])} AS {c}" for c in columns)
         part, part_params = sources.closed_part(

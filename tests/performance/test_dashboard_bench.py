@@ -28,5 +28,6 @@ def test_bench_dashboards(tmp_path: Path) -> None:
     assert system["panels"] == system["panels_with_data"] == len(DASHBOARDS["system"].panels)
     for name, result in figures["dashboards"].items():
         assert 0 < result["p50_ms"] <= result["max_ms"], name
+        assert result["first_load_ms"] > 0, name
         assert result["slowest_panel"]["ms"] <= result["slowest_panel"]["all_panels_ms"], name
     print(figures)

@@ -452,6 +452,33 @@ def test_the_rollups_are_really_read_after_compaction(
     assert hourly.get_column("value").min() > 0  # 1-hour rollups were left alone
 
 
+def test_a_compacted_file_is_read_from_its_rollups_while_newer_raw_files_arrive(
+    store: MetricStore, make_frame: FrameFactory, midnight_end: datetime
+) -> None:
+    ingest(store, midnight_frame(make_frame, midnight_end))
+    store.compact(validate=False)
+    day = midnight_end.date() - timedelta(days=1)
+    start, end = midnight_end - timedelta(hours=2, seconds=30), midnight_end - timedelta(minutes=30, seconds=30)
+    # Zero the day's 1-minute sums and increases: only a query that reads the rollups sees zeros.
+    (rollup,) = store.lake.files("rollups_1m", day, day)
+    table = pq.read_table(rollup.path)
+    for column in ("sum", "increase"):
+        index = table.schema.get_field_index(column)
+        table = table.set_column(index, column, pc.multiply(table[column], 0.0))
+    pq.write_table(table, rollup.path)
+    late = [point(midnight_end - timedelta(minutes=25), name, 5.0, "host-0") for name in ("cpu.usage", "net.bytes")]
+    ingest(store, pl.DataFrame(late, schema_overrides={"ts": TS}).with_columns(type=pl.Series(["gauge", "counter"])))
+    assert covered_days(store.lake, "rollups_1m", [day]) == set()  # the late file uncovers the day
+    engine = QueryEngine(store.lake)
+    try:
+        gauge = engine.query_aggregated("cpu.usage", "avg", "5m", start, end, [], use_rollups=True)
+        counter = engine.query_aggregated("net.bytes", "increase", "5m", start, end, [], use_rollups=True)
+    finally:
+        engine.close()
+    assert gauge.get_column("value").to_list() == [0.0] * 18  # the compacted file: from its rollups
+    assert counter.get_column("value").min() > 0  # a counter's increase reads the day raw: file order is unknown
+
+
 @pytest.mark.parametrize(
     ("values", "increases"),
     [
