@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -422,19 +422,29 @@ def test_query_aggregated_matches_polars_raw_compacted_and_rollups(
     check_all(store, agg, start, end, use_rollups=True)
 
 
-def test_the_rollups_are_really_read_after_compaction(
-    store: MetricStore, make_frame: FrameFactory, midnight_end: datetime
-) -> None:
+def zeroed_rollups(
+    store: MetricStore, make_frame: FrameFactory, midnight_end: datetime, columns: tuple[str, ...]
+) -> tuple[date, datetime, datetime]:
+    """The midnight lake compacted, its first day's 1-minute ``columns`` zeroed: (that day, start, end).
+
+    Only a query that reads the rollups sees the zeros. The range, 22:20 to 23:50 of the first day, is
+    minute-aligned, so no raw tail is read.
+    """
     ingest(store, midnight_frame(make_frame, midnight_end))
     store.compact(validate=False)
     day = midnight_end.date() - timedelta(days=1)
-    # 22:20 to 23:50 of the first day, minute-aligned, so no raw tail is read.
-    start, end = midnight_end - timedelta(hours=2, seconds=30), midnight_end - timedelta(minutes=30, seconds=30)
-    # Zero every 1-minute sum of that day: only a query that reads the rollups can see it.
     (rollup,) = store.lake.files("rollups_1m", day, day)
     table = pq.read_table(rollup.path)
-    index = table.schema.get_field_index("sum")
-    pq.write_table(table.set_column(index, "sum", pc.multiply(table["sum"], 0.0)), rollup.path)
+    for column in columns:
+        table = table.set_column(table.schema.get_field_index(column), column, pc.multiply(table[column], 0.0))
+    pq.write_table(table, rollup.path)
+    return day, midnight_end - timedelta(hours=2, seconds=30), midnight_end - timedelta(minutes=30, seconds=30)
+
+
+def test_the_rollups_are_really_read_after_compaction(
+    store: MetricStore, make_frame: FrameFactory, midnight_end: datetime
+) -> None:
+    _, start, end = zeroed_rollups(store, make_frame, midnight_end, ("sum",))
     engine = QueryEngine(store.lake)  # a fresh connection: no cached Parquet metadata
     try:
         raw = engine.query_aggregated("cpu.usage", "avg", "5m", start, end, [], use_rollups=False)
@@ -455,17 +465,7 @@ def test_the_rollups_are_really_read_after_compaction(
 def test_a_compacted_file_is_read_from_its_rollups_while_newer_raw_files_arrive(
     store: MetricStore, make_frame: FrameFactory, midnight_end: datetime
 ) -> None:
-    ingest(store, midnight_frame(make_frame, midnight_end))
-    store.compact(validate=False)
-    day = midnight_end.date() - timedelta(days=1)
-    start, end = midnight_end - timedelta(hours=2, seconds=30), midnight_end - timedelta(minutes=30, seconds=30)
-    # Zero the day's 1-minute sums and increases: only a query that reads the rollups sees zeros.
-    (rollup,) = store.lake.files("rollups_1m", day, day)
-    table = pq.read_table(rollup.path)
-    for column in ("sum", "increase"):
-        index = table.schema.get_field_index(column)
-        table = table.set_column(index, column, pc.multiply(table[column], 0.0))
-    pq.write_table(table, rollup.path)
+    day, start, end = zeroed_rollups(store, make_frame, midnight_end, ("sum", "increase"))
     late = [point(midnight_end - timedelta(minutes=25), name, 5.0, "host-0") for name in ("cpu.usage", "net.bytes")]
     ingest(store, pl.DataFrame(late, schema_overrides={"ts": TS}).with_columns(type=pl.Series(["gauge", "counter"])))
     assert covered_days(store.lake, "rollups_1m", [day]) == set()  # the late file uncovers the day
