@@ -9,7 +9,9 @@ expiry and a CSRF nonce, signed with HMAC-SHA256 under ``METRICS_SESSION_SECRET`
 worker of the data directory). It never holds the credential itself.
 
 Every request a session authenticates is re-checked: a revoked API key ends
-its sessions at once. Requests that change something (POST, PUT, PATCH,
+its sessions at once, and so does logging out — the session's id is kept in
+``state/sessions.sqlite`` until its expiry, so a copy of the cookie (stolen,
+or in another tab) is refused by every worker from then on. Requests that change something (POST, PUT, PATCH,
 DELETE) must also send the session's CSRF token in ``X-CSRF-Token`` (the
 dashboards' scripts do; the logout form sends it as a ``csrf`` field, which
 its route checks); a cross-site page can do neither, and SameSite=Strict
@@ -24,6 +26,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,21 +37,25 @@ from fastapi import Request
 from metrics.api.auth import SESSION_COOKIE, Principal, Role, keys_of
 from metrics.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from metrics.settings import Settings
+from storage.statedb import state_transaction
 
 LOGIN_COOKIE = "metrics_login"  # the login form's own CSRF nonce (double submit), before any session exists
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SECRET_FILE = "session.key"
+REVOKED_FILE = "sessions.sqlite"
+_REVOKED_SCHEMA = "CREATE TABLE IF NOT EXISTS revoked (sid TEXT PRIMARY KEY, expires REAL NOT NULL);"
 MAX_COOKIE_BYTES = 2048
 
 
 @dataclass(frozen=True)
 class Session:
-    """A verified session: who, until when, and the CSRF token its forms and scripts must send back."""
+    """A verified session: who, until when, its id, and the CSRF token its forms and scripts must send back."""
 
     principal: Principal
     expires: float
     csrf: str
+    sid: str
 
 
 class SessionSigner:
@@ -85,6 +92,7 @@ class SessionSigner:
                 "src": principal.source,
                 "exp": round(expires, 3),
                 "csrf": secrets.token_urlsafe(18),
+                "sid": secrets.token_urlsafe(12),
             }
         )
         body = _b64(payload)
@@ -105,12 +113,12 @@ class SessionSigner:
         try:
             claims = orjson.loads(_unb64(body))
             principal = Principal(str(claims["sub"]), Role(claims["role"]), claims["kid"], f"session:{claims['src']}")
-            expires, csrf = float(claims["exp"]), str(claims["csrf"])
+            expires, csrf, sid = float(claims["exp"]), str(claims["csrf"]), str(claims["sid"])
         except (ValueError, KeyError, TypeError):
             raise AuthenticationError("session cookie malformed; log in again") from None
         if expires <= now:
             raise AuthenticationError("session expired; log in again")
-        return Session(principal, expires, csrf)
+        return Session(principal, expires, csrf, sid)
 
     def _sign(self, body: str) -> bytes:
         return hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest()
@@ -169,6 +177,52 @@ def _read_secret(path: Path) -> bytes:
     return secret
 
 
+class RevokedSessions:
+    """Sessions ended by logout before their expiry, shared by the workers of a data directory.
+
+    Kept in SQLite (``state/sessions.sqlite``); each process keeps the set in memory and reads it again
+    when the file changes (one ``stat`` per request), so a check costs microseconds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """The revocations in ``path`` (created by the first logout)."""
+        self.path = path
+        self._lock = threading.Lock()
+        self._signature: tuple[tuple[int, int, int], ...] | None = None
+        self._revoked: frozenset[str] = frozenset()
+
+    def revoke(self, session: Session, *, now: float | None = None) -> None:
+        """End ``session`` for every worker; revocations past their session's expiry are dropped."""
+        now = time.time() if now is None else now
+        with state_transaction(self.path, _REVOKED_SCHEMA, "revoked sessions", immediate=True) as connection:
+            connection.execute("DELETE FROM revoked WHERE expires <= ?", (now,))
+            connection.execute("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (session.sid, session.expires))
+        with self._lock:
+            self._signature = None
+
+    def revoked(self, sid: str) -> bool:
+        """Whether the session ``sid`` was ended by a logout."""
+        signature = self._stat()
+        if not signature:
+            return False  # nobody has logged out here yet
+        with self._lock:
+            if signature != self._signature:
+                with state_transaction(self.path, _REVOKED_SCHEMA, "revoked sessions") as connection:
+                    rows = connection.execute("SELECT sid FROM revoked WHERE expires > ?", (time.time(),))
+                    self._revoked = frozenset(row[0] for row in rows)
+                self._signature = signature
+            return sid in self._revoked
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        """(inode, size, mtime) of the database and its write-ahead log: what a commit changes."""
+        found = []
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                info = path.stat()
+                found.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(found)
+
+
 def check_csrf(session: Session, sent: str | None) -> None:
     """Refuse a state change whose CSRF token is missing or not the session's."""
     if not sent or not hmac.compare_digest(sent.encode("utf-8", "replace"), session.csrf.encode()):
@@ -191,6 +245,8 @@ def request_session(request: Request) -> Session:
     request.state.principal = principal
     if principal.source == "session:key" and principal.key_id and not keys_of(request).active(principal.key_id):
         raise AuthenticationError("the API key of this session was revoked; log in again")
+    if revoked_of(request).revoked(session.sid):
+        raise AuthenticationError("this session was ended by logging out; log in again")
     request.state.session = session
     return session
 
@@ -210,3 +266,12 @@ def signer_of(request: Request) -> SessionSigner:
     if signer is None:
         signer = state.sessions = SessionSigner.from_settings(state.settings)
     return signer
+
+
+def revoked_of(request: Request) -> RevokedSessions:
+    """The app's revoked sessions (made on first use, like the signer)."""
+    state = request.app.state
+    revoked: RevokedSessions | None = getattr(state, "revoked_sessions", None)
+    if revoked is None:
+        revoked = state.revoked_sessions = RevokedSessions(state.settings.state_dir / REVOKED_FILE)
+    return revoked

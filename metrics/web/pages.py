@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from metrics.api.auth import INSECURE_DEV, Principal, verify_credential
-from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, check_csrf, request_session, signer_of
+from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, check_csrf, request_session, revoked_of, signer_of
 from metrics.errors import AuthenticationError
 from metrics.web.boards import DASHBOARDS, dashboard
 
@@ -183,6 +183,7 @@ async def logout(request: Request) -> Response:
     if principal is not None and getattr(request.state, "session", None) is not None:
         request.state.principal = principal
         check_csrf(request.state.session, (await _form(request)).get("csrf"))
+        revoked_of(request).revoke(request.state.session)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

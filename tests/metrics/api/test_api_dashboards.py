@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from metrics.api.app import create_app
 from metrics.api.audit import close_audit_logs, read_audit
 from metrics.api.auth import Principal, Role
 from metrics.api.keys import close_key_stores, create_key, revoke_key
-from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, SessionSigner
+from metrics.api.sessions import LOGIN_COOKIE, SESSION_COOKIE, RevokedSessions, Session, SessionSigner
 from metrics.errors import AuthenticationError
 from metrics.settings import Settings
 from metrics.web.boards import DASHBOARDS
@@ -252,6 +253,46 @@ def test_logout_needs_the_token_and_clears_the_cookie(web: Web) -> None:
     assert done.status_code == 303
     assert f'{SESSION_COOKIE}=""' in done.headers["set-cookie"]
     assert web.client.get("/api/v1/dashboards").status_code == 401
+
+
+def test_a_copy_of_the_cookie_is_refused_after_logout_by_every_worker(web: Web) -> None:
+    web.login(web.tokens["reader"])
+    cookie = web.client.cookies[SESSION_COOKIE]
+    csrf = web.csrf()
+    with TestClient(create_app(web.settings), raise_server_exceptions=False) as other_worker:
+        other_worker.cookies.set(SESSION_COOKIE, cookie)
+        assert other_worker.get("/api/v1/dashboards").status_code == 200
+        web.client.post(
+            "/logout",
+            content=f"csrf={csrf}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            follow_redirects=False,
+        )
+        web.client.cookies.set(SESSION_COOKIE, cookie)  # as if copied before the logout
+        for client in (web.client, other_worker):
+            refused = client.get("/api/v1/dashboards")
+            assert refused.status_code == 401
+            assert "logging out" in refused.json()["error"]
+            page = client.get("/dashboards/system", follow_redirects=False)
+            assert page.status_code == 303
+            assert page.headers["location"].startswith("/login")
+    web.client.cookies.clear()
+    again = web.login(web.tokens["reader"])  # a new login is a new session
+    assert again.status_code == 303  # type: ignore[attr-defined]
+    assert web.client.get("/api/v1/dashboards").status_code == 200
+
+
+def test_revocations_end_with_their_sessions(tmp_path: Path) -> None:
+    revoked = RevokedSessions(tmp_path / "sessions.sqlite")
+    assert not revoked.revoked("never")  # no file until the first logout
+    who = Principal("p", Role.READER, "k1", "session:key")
+    now = time.time()
+    revoked.revoke(Session(who, now + 10, "c1", "old"), now=now)
+    revoked.revoke(Session(who, now + 1000, "c2", "new"), now=now + 20)  # "old" has expired by then
+    assert revoked.revoked("new")
+    assert not revoked.revoked("old")
+    with sqlite3.connect(tmp_path / "sessions.sqlite") as connection:
+        assert connection.execute("SELECT sid FROM revoked").fetchall() == [("new",)]
 
 
 def test_dashboard_definitions_and_filters(web: Web) -> None:
