@@ -35,7 +35,7 @@ ENV_NAMES = {
     "retention_days": "METRICS_RETENTION_DAYS",
     "archive": "METRICS_ARCHIVE",
     "max_future_seconds": "METRICS_MAX_FUTURE_SECONDS",
-    "query_cache_rows": "METRICS_QUERY_CACHE_ROWS",
+    "query_cache_mb": "METRICS_QUERY_CACHE_MB",
     "api_host": "METRICS_API_HOST",
     "api_port": "METRICS_API_PORT",
     "prefect_port": "METRICS_PREFECT_PORT",
@@ -276,7 +276,7 @@ class Settings:
     retention_days: int = 90
     archive: bool = False
     max_future_seconds: int = 600
-    query_cache_rows: int = 2_000_000  # rollup rows a query engine keeps from closed days (0: no cache)
+    query_cache_mb: int = 256  # memory each query engine keeps for long ranges' closed parts (0: no cache)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     prefect_port: int = 4200
@@ -383,9 +383,7 @@ class Settings:
             "retention_days": _int(env, "METRICS_RETENTION_DAYS", base["retention_days"], minimum=1),
             "archive": _bool(env, "METRICS_ARCHIVE", base["archive"]),
             "max_future_seconds": _int(env, "METRICS_MAX_FUTURE_SECONDS", base["max_future_seconds"], minimum=0),
-            "query_cache_rows": _int(
-                env, "METRICS_QUERY_CACHE_ROWS", base["query_cache_rows"], minimum=0, maximum=1_000_000_000
-            ),
+            "query_cache_mb": _int(env, "METRICS_QUERY_CACHE_MB", base["query_cache_mb"], minimum=0, maximum=1_048_576),
             "api_host": env.get("METRICS_API_HOST") or base["api_host"],
             "api_port": _int(env, "METRICS_API_PORT", base["api_port"], minimum=1, maximum=65535),
             "prefect_port": _int(env, "METRICS_PREFECT_PORT", base["prefect_port"], minimum=1, maximum=65535),
@@ -561,7 +559,7 @@ class Settings:
             "batch_size",
             "retention_days",
             "max_future_seconds",
-            "query_cache_rows",
+            "query_cache_mb",
             "compression_level",
             "backup_keep",
             "workers",
@@ -575,7 +573,7 @@ class Settings:
         _check_range(self, "batch_size", 1, 100_000_000)
         _check_range(self, "retention_days", 1, 36_500)
         _check_range(self, "max_future_seconds", 0, 7 * 86_400)
-        _check_range(self, "query_cache_rows", 0, 1_000_000_000)
+        _check_range(self, "query_cache_mb", 0, 1_048_576)
         _check_range(self, "flush_seconds", 0.001, 86_400)
         _check_range(self, "system_interval", 0.1, 86_400)
         for name in ("compact_interval", "retention_interval", "backup_interval"):
@@ -794,7 +792,7 @@ CONFIG_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "retention_days": ("retention_days", int),
         "archive": ("archive", bool),
         "max_future_seconds": ("max_future_seconds", int),
-        "query_cache_rows": ("query_cache_rows", int),
+        "query_cache_mb": ("query_cache_mb", int),
         "backup_dir": ("backup_dir", (str, type(None))),
         "backup_keep": ("backup_keep", int),
     },

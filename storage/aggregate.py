@@ -327,7 +327,8 @@ def percentile_sql(
         ), [*params, lo, hi]
 
     # Buckets before today's are read once into the cache (their files change only by a new file name).
-    cut = floor_to(datetime.combine(rng.last_day, datetime.min.time(), UTC), step)
+    today = datetime.now(UTC).date()
+    cut = floor_to(datetime.combine(min(rng.last_day, today), datetime.min.time(), UTC), step)
     if sources.caching and rng.start < cut:
         closed = part([f for f in files if f.day <= (cut - timedelta(microseconds=1)).date()], rng.start, cut)
         parts = [sources.closed_part(*closed)]

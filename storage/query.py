@@ -55,6 +55,7 @@ from storage.views import (
     write_database_file,
 )
 
+CATALOG_TABLE = "series_catalog"  # the engine's in-memory copy of the series catalog
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _RESULT_COLUMNS = ("ts", "metric", "series_id", "tags", "value")
 _READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
@@ -151,10 +152,10 @@ class QueryEngine:
     """One DuckDB engine over a lake; thread-safe (each call uses its own cursor)."""
 
     def __init__(
-        self, lake: Lake, *, database_file: Path | None = None, threads: int | None = None, cache_rows: int = 0
+        self, lake: Lake, *, database_file: Path | None = None, threads: int | None = None, cache_bytes: int = 0
     ) -> None:
         self.lake = lake
-        self.rollup_cache = RollupCache(cache_rows)
+        self.rollup_cache = RollupCache(cache_bytes)
         self.database_file = database_file
         self._con = connect(threads=threads)  # structured queries and the engine's own tables
         self._sql_con = connect(threads=threads, sandbox=lake.root)  # ad-hoc SQL: only the views, only the lake
@@ -202,7 +203,13 @@ class QueryEngine:
 
     def _closed_part(self, text: str, params: list[Any]) -> pa.Table:
         """A query part over closed time, from the rollup cache or read now (then kept)."""
-        return self.rollup_cache.table(text, params, self._arrow)
+        version: tuple[Any, ...] = ()
+        if CATALOG_TABLE in text:
+            # Its rows carry the catalog's tags: read the catalog after the part's files were listed (a writer
+            # registers a series before its samples), and key the part by that catalog.
+            self._series_source()
+            version = tuple(self._catalog_signature or ())
+        return self.rollup_cache.table(text, params, self._arrow, version)
 
     def _arrow(self, text: str, params: list[Any]) -> pa.Table:
         """The rows of a query as an Arrow table."""
@@ -238,12 +245,12 @@ class QueryEngine:
                 cursor = self._con.cursor()
                 try:
                     cursor.register("_catalog_rows", catalog)
-                    cursor.execute("CREATE OR REPLACE TABLE series_catalog AS SELECT * FROM _catalog_rows")
+                    cursor.execute(f"CREATE OR REPLACE TABLE {CATALOG_TABLE} AS SELECT * FROM _catalog_rows")
                     cursor.unregister("_catalog_rows")
                 finally:
                     cursor.close()
                 self._catalog_signature = signature
-        return "series_catalog"
+        return CATALOG_TABLE
 
     def _series_ids(self, flt: MetricFilter) -> list[int] | None:
         """Series ids matching the tag filters (None when there are no tag filters)."""
@@ -461,8 +468,10 @@ class QueryEngine:
         """The SQL :meth:`query_aggregated` runs for these arguments, over the lake's views with values inlined.
 
         Paste it into ``metrics sql`` (or ``duckdb data/metrics.duckdb``) for the
-        same rows: it reads the same days of the same tables (rollups where the
-        query would). None when no data is in range.
+        same rows: it reads the same days of the same tables, rollups for the days
+        they cover (a day with raw files newer than its compaction is read raw,
+        where the engine reads its compacted file's rollups). None when no data is
+        in range.
         """
         with self._reading():
             planned = self._plan_aggregated(
@@ -507,7 +516,7 @@ class QueryEngine:
         sources = (
             ViewSources(flt.tag_items())
             if portable
-            else FileSources(self._series_source(), self._closed_part if self.rollup_cache.max_rows else None)
+            else FileSources(self._series_source(), self._closed_part if self.rollup_cache.max_bytes else None)
         )
         where, params = flt.metric_sql()
         if ids is not None:

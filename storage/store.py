@@ -67,7 +67,9 @@ class MetricStore:
         self.lake = Lake(
             settings.lake_dir, compression=settings.compression, compression_level=settings.compression_level
         )
-        self.engine = QueryEngine(self.lake, database_file=settings.duckdb_path, cache_rows=settings.query_cache_rows)
+        self.engine = QueryEngine(
+            self.lake, database_file=settings.duckdb_path, cache_bytes=settings.query_cache_mb * 2**20
+        )
         self.read_only = read_only
         self.pii = Pseudonymiser.from_settings(settings)  # PII tag values never reach the WAL or the lake
         self._writer: Writer | None = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import fields
 from typing import Any
@@ -190,13 +191,14 @@ class Telemetry:
         self.cache_misses = Counter(
             "metrics_query_cache_misses", "Long-range query parts read from Parquet (then kept)", registry=target
         )
-        self.cache_rows = Gauge(
-            "metrics_query_cache_rows",
-            "Rows kept in the rollup cache (summed over live workers)",
+        self.cache_bytes = Gauge(
+            "metrics_query_cache_bytes",
+            "Bytes the rollup cache keeps (summed over live workers)",
             registry=target,
             multiprocess_mode="livesum",
         )
         self._cache_seen = (0, 0)
+        self._cache_lock = threading.Lock()
         self.writer_totals = {
             name: Counter(
                 f"metrics_writer_{name}", f"Parquet {name.split('_')[0]} written by the writer", registry=target
@@ -279,12 +281,13 @@ class Telemetry:
         store = self.store
         if store is None:
             return
-        stats = store.engine.rollup_cache.stats()
-        hits, misses = self._cache_seen
-        self.cache_hits.inc(max(0, stats.hits - hits))
-        self.cache_misses.inc(max(0, stats.misses - misses))
-        self._cache_seen = (stats.hits, stats.misses)
-        self.cache_rows.set(stats.rows)
+        with self._cache_lock:  # scrapes run in a thread pool: each count is added once
+            stats = store.engine.rollup_cache.stats()
+            hits, misses = self._cache_seen
+            self.cache_hits.inc(max(0, stats.hits - hits))
+            self.cache_misses.inc(max(0, stats.misses - misses))
+            self._cache_seen = (stats.hits, stats.misses)
+            self.cache_bytes.set(stats.bytes)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the scraper asked for (OpenMetrics or text), and its content type."""

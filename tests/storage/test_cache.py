@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -11,8 +12,9 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
+import storage.query
 from metrics.settings import Settings
-from storage.cache import MAX_ENTRIES, RollupCache
+from storage.cache import MAX_ENTRIES, RollupCache, entry_bytes
 from storage.store import MetricStore
 
 TS = pl.Datetime("us", "UTC")
@@ -34,33 +36,41 @@ def counting(tables: dict[str, pa.Table]) -> tuple[list[str], object]:
     return calls, run
 
 
+def size(name: str, count: int) -> int:
+    return entry_bytes(name, rows(count))
+
+
 def test_a_part_is_read_once_then_kept() -> None:
-    cache = RollupCache(100)
+    cache = RollupCache(1000)
     calls, run = counting({"a": rows(3), "b": rows(0)})
     assert cache.table("a", [1], run).num_rows == 3  # type: ignore[arg-type]
     assert cache.table("a", [1], run).num_rows == 3  # type: ignore[arg-type]
     assert cache.table("a", [2], run).num_rows == 3  # other parameters: another part  # type: ignore[arg-type]
+    assert cache.table("a", [2], run, ("catalog", 2)).num_rows == 3  # another version  # type: ignore[arg-type]
     cache.table("b", [], run)  # type: ignore[arg-type]
     cache.table("b", [], run)  # type: ignore[arg-type]  # an empty part is kept too
-    assert calls == ["a", "a", "b"]
+    assert calls == ["a", "a", "a", "b"]
     stats = cache.stats()
-    assert (stats.hits, stats.misses, stats.entries, stats.rows) == (2, 3, 3, 6)
+    assert (stats.hits, stats.misses, stats.entries, stats.bytes) == (2, 4, 4, 3 * size("a", 3) + size("b", 0))
     cache.clear()
     assert cache.stats().entries == 0
 
 
+UNIT = size("p0", 4)
+
+
 @pytest.mark.parametrize(
-    ("max_rows", "sizes", "kept"),
+    ("max_bytes", "counts", "kept"),
     [
-        (10, [4, 4, 4], ["p1", "p2"]),  # the least recently used goes when the rows pass the bound
-        (10, [11], []),  # larger than the bound: read, not kept
+        (2 * UNIT + 1, [4, 4, 4], ["p1", "p2"]),  # the least recently used goes when the bytes pass the bound
+        (UNIT - 1, [4], []),  # larger than the bound: read, not kept
         (0, [1, 1], []),  # 0 keeps nothing
-        (10, [5, 5], ["p0", "p1"]),  # exactly at the bound
+        (2 * UNIT, [4, 4], ["p0", "p1"]),  # exactly at the bound
     ],
 )
-def test_rows_are_bounded_least_recently_used_first(max_rows: int, sizes: list[int], kept: list[str]) -> None:
-    cache = RollupCache(max_rows)
-    tables = {f"p{i}": rows(size) for i, size in enumerate(sizes)}
+def test_bytes_are_bounded_least_recently_used_first(max_bytes: int, counts: list[int], kept: list[str]) -> None:
+    cache = RollupCache(max_bytes)
+    tables = {f"p{i}": rows(count) for i, count in enumerate(counts)}
     calls, run = counting(tables)
     for name in tables:
         cache.table(name, [], run)  # type: ignore[arg-type]
@@ -69,11 +79,11 @@ def test_rows_are_bounded_least_recently_used_first(max_rows: int, sizes: list[i
         cache.table(name, [], run)  # type: ignore[arg-type]
     assert calls == []
     assert cache.stats().entries == len(kept)
-    assert cache.stats().rows <= max_rows
+    assert cache.stats().bytes <= max_bytes
 
 
 def test_a_hit_makes_a_part_the_most_recent_and_entries_are_bounded() -> None:
-    cache = RollupCache(10)
+    cache = RollupCache(2 * UNIT)
     calls, run = counting({"a": rows(4), "b": rows(4), "c": rows(4)})
     cache.table("a", [], run)  # type: ignore[arg-type]
     cache.table("b", [], run)  # type: ignore[arg-type]
@@ -83,12 +93,12 @@ def test_a_hit_makes_a_part_the_most_recent_and_entries_are_bounded() -> None:
     cache.table("a", [], run)  # type: ignore[arg-type]
     cache.table("b", [], run)  # type: ignore[arg-type]
     assert calls == ["b"]
-    many = RollupCache(10)
+    many = RollupCache(10**6)
     _, empty = counting({f"e{i}": rows(0) for i in range(MAX_ENTRIES + 5)})
     for i in range(MAX_ENTRIES + 5):
         many.table(f"e{i}", [], empty)  # type: ignore[arg-type]
     assert many.stats().entries == MAX_ENTRIES
-    with pytest.raises(ValueError, match="max_rows"):
+    with pytest.raises(ValueError, match="max_bytes"):
         RollupCache(-1)
 
 
@@ -133,7 +143,7 @@ def assert_answers_equal(left: dict[tuple[str, str], pl.DataFrame], right: dict[
 
 
 def test_cached_parts_give_the_rows_of_the_files_and_new_files_are_read(settings: Settings, noon: datetime) -> None:
-    uncached_settings = replace(settings, query_cache_rows=0)
+    uncached_settings = replace(settings, query_cache_mb=0)
     end, start = noon, noon - timedelta(days=30)
     with MetricStore(settings).open(background_flush=False) as store:
         store.ingest_frame(days_of_samples(end))
@@ -161,3 +171,56 @@ def test_cached_parts_give_the_rows_of_the_files_and_new_files_are_read(settings
         assert_answers_equal(answers(store, start, end), after_late)
         store.compact(validate=False)  # new compacted generations: new rollup files
         assert_answers_equal(answers(store, start, end), after_late)
+
+
+def test_a_series_registered_while_a_query_plans_is_cached_with_its_tags(
+    settings: Settings, noon: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    end, start = noon, noon - timedelta(days=30)
+    with MetricStore(settings).open(background_flush=False) as store:
+        store.ingest_frame(days_of_samples(end))
+        store.flush()
+        store.compact(validate=False)
+        with MetricStore(settings).open(background_flush=False) as other_worker:
+            planned = storage.query.percentile_sql
+            raced: list[bool] = []
+
+            def racing(*args: Any, **kwargs: Any) -> Any:
+                # Another worker registers a series and writes its samples after this query read the
+                # catalog, before it lists the sample files.
+                if not raced:
+                    raced.append(True)
+                    late = days_of_samples(end - timedelta(days=2), days=1, seed=9).with_columns(host=pl.lit("h9"))
+                    other_worker.ingest_frame(late)
+                    other_worker.flush()
+                return planned(*args, **kwargs)
+
+            monkeypatch.setattr(storage.query, "percentile_sql", racing)
+            found = [store.query_aggregated("cpu.usage", "p95", "3h", start, end, ["host"]) for _ in range(2)]
+        with MetricStore(replace(settings, query_cache_mb=0), read_only=True).open(background_flush=False) as plain:
+            expected = plain.query_aggregated("cpu.usage", "p95", "3h", start, end, ["host"])
+    assert set(expected.get_column("host")) == {"h1", "h2", "h9"}
+    for frame in found:
+        assert_frame_equal(frame, expected, check_exact=False, rel_tol=1e-12)
+
+
+def test_a_range_ending_after_today_keeps_its_closed_days(settings: Settings, noon: datetime) -> None:
+    now = datetime.now(UTC)
+    start, end = noon - timedelta(days=30), now + timedelta(days=2)  # a "this week" range in a zone west of UTC
+    recent = pl.DataFrame(
+        {"ts": [now - timedelta(seconds=30)], "metric": ["cpu.usage"], "value": [5.0], "type": ["gauge"]},
+        schema_overrides={"ts": TS},
+    ).with_columns(host=pl.lit("h1"))
+    with MetricStore(settings).open(background_flush=False) as store:
+        store.ingest_frame(days_of_samples(noon))
+        store.flush()
+        store.compact(validate=False)
+        store.ingest_frame(recent)  # today's raw files change with every flush
+        store.flush()
+        store.query_aggregated("cpu.usage", "p95", "3h", start, end, ["host"])
+        first = store.engine.rollup_cache.stats()
+        store.ingest_frame(recent.with_columns(pl.col("ts") + timedelta(seconds=10)))
+        store.flush()
+        store.query_aggregated("cpu.usage", "p95", "3h", start, end, ["host"])
+        second = store.engine.rollup_cache.stats()
+    assert (second.misses, second.hits, second.entries) == (first.misses, first.hits + 1, first.entries)

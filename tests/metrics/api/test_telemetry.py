@@ -39,7 +39,7 @@ FAMILIES = {
     "metrics_writer_files_written",
     "metrics_query_cache_hits",
     "metrics_query_cache_misses",
-    "metrics_query_cache_rows",
+    "metrics_query_cache_bytes",
     "process_cpu_seconds",
 }
 
@@ -149,7 +149,7 @@ def test_the_query_cache_series_follow_the_cache(client: TestClient) -> None:
     samples = scrape(client)
     assert value(samples, "metrics_query_cache_misses_total") == 1
     assert value(samples, "metrics_query_cache_hits_total") == 2
-    assert value(samples, "metrics_query_cache_rows") > 0
+    assert value(samples, "metrics_query_cache_bytes") > 0
     assert value(scrape(client), "metrics_query_cache_hits_total") == 2  # a scrape adds only what is new
 
 
