@@ -103,12 +103,13 @@ class FileSources:
 
     Args:
         catalog: the series catalog relation.
-        closed: reads a part over closed time as a table, from the cache when it can (None: parts stay SQL).
+        closed: reads a part over closed time as a table, from the cache when it can (None: parts stay SQL);
+            its third argument says whether the part joins the series catalog.
     """
 
     by_file = True  # a day's compacted file can be read from its rollups while the day's newer files are raw
 
-    def __init__(self, catalog: str | None, closed: Callable[[str, list[Any]], pa.Table] | None = None) -> None:
+    def __init__(self, catalog: str | None, closed: Callable[[str, list[Any], bool], pa.Table] | None = None) -> None:
         self.catalog = catalog or EMPTY_CATALOG
         self._closed = closed
         self.tables: dict[str, pa.Table] = {}  # to register for the query: the parts read through the cache
@@ -118,12 +119,12 @@ class FileSources:
         """Whether :meth:`closed_part` reads parts through the cache."""
         return self._closed is not None
 
-    def closed_part(self, text: str, params: list[Any]) -> tuple[str, list[Any]]:
+    def closed_part(self, text: str, params: list[Any], *, joins_catalog: bool = False) -> tuple[str, list[Any]]:
         """A part of a query over closed time: a registered table read through the cache, else ``text`` itself."""
         if self._closed is None:
             return text, params
         name = f"_closed_part_{len(self.tables)}"
-        self.tables[name] = self._closed(text, params)
+        self.tables[name] = self._closed(text, params, joins_catalog)
         return f"SELECT * FROM {name}", []
 
     def samples(self, files: Sequence[LakeFile]) -> str:
@@ -219,12 +220,11 @@ def partials_sql(
     parts: list[str] = []
     all_params: list[Any] = []
 
-    rolled = [f for f in sample_files if f.day in covered]
-    if sources.by_file and "inc" not in columns:
-        # Today's compacted file stands for itself by its rollups while newer raw files arrive: partials of an
-        # hour from two files merge exactly (not a counter's increase: which file's samples came first is unknown).
-        generations = {(f.day, f.name) for f in rollups}
-        rolled = [f for f in sample_files if f.day in covered or (f.compacted and (f.day, f.name) in generations)]
+    # Today's compacted file stands for itself by its rollups while newer raw files arrive: partials of an hour
+    # from two files merge exactly (not a counter's increase: which file's samples came first is unknown).
+    by_file = sources.by_file and "inc" not in columns
+    generations = {(f.day, f.name) for f in rollups} if by_file else set()
+    rolled = [f for f in sample_files if f.day in covered or (f.compacted and (f.day, f.name) in generations)]
     rolled_names = {(f.day, f.name) for f in rolled}
     raw_files = [f for f in sample_files if (f.day, f.name) not in rolled_names]
     tail_files = [f for f in rolled if f.day == tail_start.date()] if tail_start < rng.end else []
@@ -331,7 +331,7 @@ def percentile_sql(
     cut = floor_to(datetime.combine(min(rng.last_day, today), datetime.min.time(), UTC), step)
     if sources.caching and rng.start < cut:
         closed = part([f for f in files if f.day <= (cut - timedelta(microseconds=1)).date()], rng.start, cut)
-        parts = [sources.closed_part(*closed)]
+        parts = [sources.closed_part(*closed, joins_catalog=True)]
         fresh = [f for f in files if f.day >= cut.date()]
         if fresh and cut < rng.end:
             parts.append(part(fresh, cut, rng.end))

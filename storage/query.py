@@ -201,10 +201,10 @@ class QueryEngine:
             self.last_query_seconds = time.perf_counter() - started
         return frame
 
-    def _closed_part(self, text: str, params: list[Any]) -> pa.Table:
+    def _closed_part(self, text: str, params: list[Any], joins_catalog: bool) -> pa.Table:
         """A query part over closed time, from the rollup cache or read now (then kept)."""
         version: tuple[Any, ...] = ()
-        if CATALOG_TABLE in text:
+        if joins_catalog:
             # Its rows carry the catalog's tags: read the catalog after the part's files were listed (a writer
             # registers a series before its samples), and key the part by that catalog.
             self._series_source()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,10 +27,10 @@ def rows(count: int) -> pa.Table:
     return pa.table({"x": list(range(count))})
 
 
-def counting(tables: dict[str, pa.Table]) -> tuple[list[str], object]:
+def counting(tables: dict[str, pa.Table]) -> tuple[list[str], Callable[[str, list[Any]], pa.Table]]:
     calls: list[str] = []
 
-    def run(text: str, params: list[object]) -> pa.Table:
+    def run(text: str, params: list[Any]) -> pa.Table:
         calls.append(text)
         return tables[text]
 
@@ -43,12 +44,12 @@ def size(name: str, count: int) -> int:
 def test_a_part_is_read_once_then_kept() -> None:
     cache = RollupCache(1000)
     calls, run = counting({"a": rows(3), "b": rows(0)})
-    assert cache.table("a", [1], run).num_rows == 3  # type: ignore[arg-type]
-    assert cache.table("a", [1], run).num_rows == 3  # type: ignore[arg-type]
-    assert cache.table("a", [2], run).num_rows == 3  # other parameters: another part  # type: ignore[arg-type]
-    assert cache.table("a", [2], run, ("catalog", 2)).num_rows == 3  # another version  # type: ignore[arg-type]
-    cache.table("b", [], run)  # type: ignore[arg-type]
-    cache.table("b", [], run)  # type: ignore[arg-type]  # an empty part is kept too
+    assert cache.table("a", [1], run).num_rows == 3
+    assert cache.table("a", [1], run).num_rows == 3
+    assert cache.table("a", [2], run).num_rows == 3  # other parameters: another part
+    assert cache.table("a", [2], run, ("catalog", 2)).num_rows == 3  # another version
+    cache.table("b", [], run)
+    cache.table("b", [], run)  # an empty part is kept too
     assert calls == ["a", "a", "a", "b"]
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.entries, stats.bytes) == (2, 4, 4, 3 * size("a", 3) + size("b", 0))
@@ -73,10 +74,10 @@ def test_bytes_are_bounded_least_recently_used_first(max_bytes: int, counts: lis
     tables = {f"p{i}": rows(count) for i, count in enumerate(counts)}
     calls, run = counting(tables)
     for name in tables:
-        cache.table(name, [], run)  # type: ignore[arg-type]
+        cache.table(name, [], run)
     calls.clear()
     for name in kept:
-        cache.table(name, [], run)  # type: ignore[arg-type]
+        cache.table(name, [], run)
     assert calls == []
     assert cache.stats().entries == len(kept)
     assert cache.stats().bytes <= max_bytes
@@ -85,18 +86,18 @@ def test_bytes_are_bounded_least_recently_used_first(max_bytes: int, counts: lis
 def test_a_hit_makes_a_part_the_most_recent_and_entries_are_bounded() -> None:
     cache = RollupCache(2 * UNIT)
     calls, run = counting({"a": rows(4), "b": rows(4), "c": rows(4)})
-    cache.table("a", [], run)  # type: ignore[arg-type]
-    cache.table("b", [], run)  # type: ignore[arg-type]
-    cache.table("a", [], run)  # type: ignore[arg-type]
-    cache.table("c", [], run)  # type: ignore[arg-type]  # evicts b, the least recently used
+    cache.table("a", [], run)
+    cache.table("b", [], run)
+    cache.table("a", [], run)
+    cache.table("c", [], run)  # evicts b, the least recently used
     calls.clear()
-    cache.table("a", [], run)  # type: ignore[arg-type]
-    cache.table("b", [], run)  # type: ignore[arg-type]
+    cache.table("a", [], run)
+    cache.table("b", [], run)
     assert calls == ["b"]
     many = RollupCache(10**6)
     _, empty = counting({f"e{i}": rows(0) for i in range(MAX_ENTRIES + 5)})
     for i in range(MAX_ENTRIES + 5):
-        many.table(f"e{i}", [], empty)  # type: ignore[arg-type]
+        many.table(f"e{i}", [], empty)
     assert many.stats().entries == MAX_ENTRIES
     with pytest.raises(ValueError, match="max_bytes"):
         RollupCache(-1)
